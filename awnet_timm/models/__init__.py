@@ -1,0 +1,1 @@
+from .awnet import *

@@ -1,0 +1,465 @@
+""" AW-Net: Adversarial Weight-Varied Network, and the static CIFAR ResNets it is compared with
+
+Paper: `Revisiting the Trade-off between Accuracy and Robustness via Weight Distribution of Filters`
+(Wei, Zhao and Li, TPAMI 2024) - https://arxiv.org/abs/2306.03430. The authors released no code;
+the choices made where the paper is silent are listed in the README and in AWNET_SPEC.md.
+
+A router sub-network looks at each input and gives (1) P(clean), which blends a Clean BN and an
+Adv BN at every norm site (MixBN, Eq. 14), and (2) one signal per modulated conv that scales its
+filters per sample (Eq. 11-12, 19). `awnet_r18` is AW-Net (ResNet-18 classifier), `awnet_r34` is
+AW-Net-L (ResNet-34 classifier); both use a ResNet-18 router. `cifar_resnet18/34` are the static
+baselines: the same class with modulation, MixBN and the router off.
+
+Inputs are pixels in [0, 1]; normalization happens inside the model, so attacks take eps in
+pixel units (8/255) and the pretrained cfgs say mean=(0,0,0), std=(1,1,1).
+
+Routes (`model.route`, or the `route=` argument of the forward methods):
+- 'auto': the router decides P(clean) and omega (the default, in train and eval mode);
+- 'clean' / 'adv': MixBN runs only its Clean / Adv BN (P fixed to 1 / 0); omega still comes from
+  the router, whose type logits stay available for the type loss. Training uses these;
+- 'detach': as 'auto', with the router's outputs detached from the graph (a straight-through
+  view for attacks: gradients flow through the classifier only).
+`router_out=` replaces the router's outputs with given ones (any route applies on top of them).
+"""
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import LayerType, SelectAdaptivePool2d, calculate_drop_path_rates, get_act_layer, \
+    get_device_dtype, get_norm_layer, register_notrace_function
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models._features import feature_take_indices
+
+from ..layers import AdversarialRouter, AWStage, ConvNormAct, RouterOutput
+
+__all__ = ['AWNet', 'ROUTES', 'use_route', 'PUBLISHED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES']
+
+ROUTES = ('auto', 'clean', 'adv', 'detach')
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+
+# `arch.tag` names whose weights are on the Hub. A tag with an hf_hub_id that is not listed here is
+# planned but unpublished, and `pretrained=True` fails at once with a message saying so.
+PUBLISHED_WEIGHTS: Set[str] = set()
+
+
+@register_notrace_function
+def check_pixel_batch(x: torch.Tensor, in_chans: int) -> None:
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f'AW-Net expects a (B, {in_chans}, H, W) batch of pixels in [0, 1], got shape {list(x.shape)}')
+    if not x.is_floating_point():
+        raise TypeError(
+            f'AW-Net expects floating-point pixels in [0, 1], got dtype {x.dtype} (for uint8 images use x.float() / 255)')
+
+
+def _check_route(route: str) -> None:
+    if route != 'auto' and route != 'clean' and route != 'adv' and route != 'detach':
+        raise ValueError(f"unknown route '{route}': expected one of 'auto', 'clean', 'adv', 'detach'")
+
+
+def _stats(values: Sequence[float], in_chans: int) -> torch.Tensor:
+    """Per-channel normalization stats; their mean is repeated when in_chans differs from len(values)."""
+    t = torch.tensor(values, dtype=torch.float32)
+    if t.numel() != in_chans:
+        t = t.mean().repeat(in_chans)
+    return t.reshape(1, in_chans, 1, 1)
+
+
+class AWNet(nn.Module):
+    """ AW-Net classifier, router and heads; with `modulate=False, mix_bn=False` a static CIFAR ResNet.
+
+    Args:
+        layers: Basic blocks per stage (2-2-2-2 ResNet-18, 3-4-6-3 ResNet-34).
+        channels: Width of each stage.
+        num_classes: Classifier outputs (0 for none).
+        in_chans: Input channels.
+        global_pool: Pooling before the classifier ('avg', 'max', 'avgmax', '' for none).
+        drop_rate: Dropout before the classifier.
+        drop_path_rate: Stochastic depth, linearly increasing over the blocks.
+        mix_bn: Clean BN + Adv BN at every norm site (False: one BN; the paper's ablation (1)).
+        modulate: Filter-wise modulation of the block convs (False: ablation without dynamic weights).
+        type_head: Blend MixBN by the router's P(clean) (False: MixBN in training, Adv BN at test;
+            the paper's ablation (2)).
+        modulate_stem_shortcut: Also modulate the stem and 1x1 shortcut convs.
+        router_layers: Blocks per stage of the router's trunk.
+        router_channels: Width of each router stage.
+        router_feature: psi from every router stage ('stages', d=960) or the last ('last', d=512).
+        beta: Exponent of the signal heads, Eq. 19.
+        signal_init: 'zeros' (omega = 1 at init) or 'default'.
+        norm_mean, norm_std: Input normalization applied inside the model.
+        act_layer, norm_layer: Activation and BatchNorm classes (or timm names).
+    """
+    stage_omega_start: List[int]
+    stage_omega_count: List[int]
+
+    def __init__(
+            self,
+            layers: Sequence[int] = (2, 2, 2, 2),
+            channels: Sequence[int] = (64, 128, 256, 512),
+            num_classes: int = 10,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            mix_bn: bool = True,
+            modulate: bool = True,
+            type_head: bool = True,
+            modulate_stem_shortcut: bool = False,
+            router_layers: Sequence[int] = (2, 2, 2, 2),
+            router_channels: Sequence[int] = (64, 128, 256, 512),
+            router_feature: str = 'stages',
+            beta: float = 3.0,
+            signal_init: str = 'zeros',
+            norm_mean: Sequence[float] = CIFAR10_MEAN,
+            norm_std: Sequence[float] = CIFAR10_STD,
+            act_layer: LayerType = nn.ReLU,
+            norm_layer: LayerType = nn.BatchNorm2d,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        act_layer = get_act_layer(act_layer)
+        norm_layer = get_norm_layer(norm_layer)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.mix_bn = mix_bn
+        self.route = 'auto'
+        self.register_buffer('norm_mean', _stats(norm_mean, in_chans).to(device=device), persistent=False)
+        self.register_buffer('norm_std', _stats(norm_std, in_chans).to(device=device), persistent=False)
+
+        unit = dict(mix_bn=mix_bn, act_layer=act_layer, norm_layer=norm_layer, **dd)
+        self.stem = ConvNormAct(in_chans, channels[0], 3, 1, modulate=modulate and modulate_stem_shortcut, **unit)
+        self.feature_info = [dict(num_chs=channels[0], reduction=1, module='stem')]
+        dpr = calculate_drop_path_rates(drop_path_rate, list(layers), stagewise=True)
+        self.stages = nn.ModuleList()
+        prev, reduction = channels[0], 1
+        for i, (depth, chs) in enumerate(zip(layers, channels)):
+            stride = 1 if i == 0 else 2
+            reduction *= stride
+            self.stages.append(AWStage(
+                prev, chs, depth, stride, drop_path_rates=dpr[i], modulate=modulate,
+                modulate_shortcut=modulate_stem_shortcut, **unit))
+            self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'stages.{i}'))
+            prev = chs
+
+        # omega is one list over the modulated convs: the stem's first, then each stage's in order
+        self.stem_modulated = self.stem.modulate
+        signal_channels = [channels[0]] if self.stem_modulated else []
+        self.stage_omega_start = []
+        self.stage_omega_count = []
+        for stage in self.stages:
+            self.stage_omega_start.append(len(signal_channels))
+            self.stage_omega_count.append(len(stage.modulated_channels))
+            signal_channels += stage.modulated_channels
+
+        self.use_type_head = mix_bn and type_head
+        if signal_channels or self.use_type_head:
+            self.router = AdversarialRouter(
+                signal_channels, in_chans, router_layers, router_channels, type_head=self.use_type_head, beta=beta,
+                feature=router_feature, signal_init=signal_init, act_layer=act_layer, norm_layer=norm_layer, **dd)
+        else:
+            self.router = None
+
+        self.num_features = self.head_hidden_size = prev
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.head = nn.Linear(self.num_features * self.global_pool.feat_mult(), num_classes, **dd) \
+            if num_classes > 0 else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+
+    @torch.jit.ignore
+    def set_route(self, route: str):
+        """Set the route a plain `model(x)` takes: 'auto', 'clean', 'adv' or 'detach'."""
+        _check_route(route)
+        self.route = route
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            router=r'^router\.',
+            stem=r'^stem\.',
+            blocks=r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.blocks\.(\d+)',
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+        if self.router is not None:
+            for stage in self.router.stages:
+                stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        dd = get_device_dtype(self)
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+            self.global_pool.train(self.training)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.head = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        check_pixel_batch(x, self.in_chans)
+        return (x - self.norm_mean.to(x.dtype)) / self.norm_std.to(x.dtype)
+
+    def _prepare(
+            self,
+            x: torch.Tensor,
+            route: Optional[str],
+            router_out: Optional[RouterOutput],
+    ) -> Tuple[torch.Tensor, List[torch.Tensor], Optional[torch.Tensor], str, Optional[RouterOutput]]:
+        """Normalize x and turn the route into (omega list, P(clean), MixBN branch)."""
+        route = self.route if route is None else route
+        _check_route(route)
+        x = self._normalize(x)
+        if self.router is None:
+            return x, [], None, 'mix', None
+        if router_out is None:
+            router_out = self.router(x)
+        elif len(router_out.omega) != len(self.router.signal_channels):
+            raise ValueError(
+                f'router_out.omega has {len(router_out.omega)} signals, but this model modulates '
+                f'{len(self.router.signal_channels)} convs (channels {self.router.signal_channels})')
+        omega = router_out.omega
+        p_clean = router_out.p_clean
+        if route == 'detach':
+            omega = [o.detach() for o in omega]
+            if p_clean is not None:
+                p_clean = p_clean.detach()
+        if route == 'clean' or route == 'adv':
+            branch = route
+        elif not self.use_type_head:
+            branch = 'adv'  # ablation (2): MixBN trained, Adv BN at test
+        elif p_clean is None:
+            raise ValueError('router_out.p_clean is None, but this model blends MixBN by P(clean)')
+        else:
+            branch = 'mix'
+        return x, omega, p_clean, branch, router_out
+
+    def _stage_omega(self, omega: List[torch.Tensor], i: int) -> List[torch.Tensor]:
+        start = self.stage_omega_start[i]
+        return omega[start:start + self.stage_omega_count[i]]
+
+    def _forward_trunk(
+            self,
+            x: torch.Tensor,
+            route: Optional[str] = None,
+            router_out: Optional[RouterOutput] = None,
+    ) -> Tuple[torch.Tensor, Optional[RouterOutput]]:
+        x, omega, p_clean, branch, router_out = self._prepare(x, route, router_out)
+        x = self.stem(x, omega[0] if self.stem_modulated else None, p_clean, branch)
+        for i, stage in enumerate(self.stages):
+            x = stage(x, self._stage_omega(omega, i), p_clean, branch)
+        return x, router_out
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+            route: Optional[str] = None,
+            router_out: Optional[RouterOutput] = None,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """ Forward features that returns intermediates (stem, then each stage).
+
+        Args:
+            x: Input image tensor, pixels in [0, 1].
+            indices: Take last n feature levels if int, all if None, select matching indices if sequence.
+            norm: Unused (no final norm in this architecture); kept for timm's signature.
+            stop_early: Stop iterating over stages when last desired intermediate hit.
+            output_fmt: Shape of intermediate feature outputs, 'NCHW' only.
+            intermediates_only: Only return intermediate features.
+            route, router_out: As for `forward_features`.
+        """
+        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
+        x, omega, p_clean, branch, _ = self._prepare(x, route, router_out)
+        x = self.stem(x, omega[0] if self.stem_modulated else None, p_clean, branch)
+        if 0 in take_indices:
+            intermediates.append(x)
+        last = len(self.stages) if torch.jit.is_scripting() or not stop_early else max_index
+        for i, stage in enumerate(self.stages[:last]):
+            x = stage(x, self._stage_omega(omega, i), p_clean, branch)
+            if i + 1 in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ):
+        """ Prune stages (and their signal heads) not required for the specified intermediates. """
+        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
+        prune_end = max_index < len(self.stages)
+        self.stages = self.stages[:max_index]
+        self.stage_omega_start = self.stage_omega_start[:max_index]
+        self.stage_omega_count = self.stage_omega_count[:max_index]
+        if self.router is not None:
+            self.router.prune_signal_head(int(self.stem_modulated) + sum(self.stage_omega_count))
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(
+            self,
+            x: torch.Tensor,
+            route: Optional[str] = None,
+            router_out: Optional[RouterOutput] = None,
+    ) -> torch.Tensor:
+        """Unpooled features (B, num_features, H/8, W/8); `route` defaults to `self.route`."""
+        return self._forward_trunk(x, route, router_out)[0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate > 0.:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.head(x)
+
+    @torch.jit.export
+    def forward_router(self, x: torch.Tensor) -> Optional[RouterOutput]:
+        """The router's outputs for pixel inputs x (None for static models), e.g. to pass as `router_out`."""
+        x = self._normalize(x)
+        if self.router is None:
+            return None
+        return self.router(x)
+
+    @torch.jit.export
+    def forward_with_router(
+            self,
+            x: torch.Tensor,
+            route: Optional[str] = None,
+            router_out: Optional[RouterOutput] = None,
+    ) -> Tuple[torch.Tensor, Optional[RouterOutput]]:
+        """Logits and the router's outputs (P(clean) per sample, type logits, omega) in one pass.
+
+        The router output is None for static models, and is `router_out` itself when one is given.
+        """
+        x, router_out = self._forward_trunk(x, route, router_out)
+        return self.forward_head(x), router_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+@contextmanager
+def use_route(model: nn.Module, route: str) -> Iterator[nn.Module]:
+    """Temporarily set the route of an AW-Net (e.g. to attack it in forced-adv mode)."""
+    if not isinstance(model, AWNet):
+        raise TypeError(f'use_route needs an AWNet, got {type(model).__name__}')
+    previous = model.route
+    model.set_route(route)
+    try:
+        yield model
+    finally:
+        model.route = previous
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Unwrap training checkpoints ('state_dict' / 'model' keys, DDP 'module.' prefixes)."""
+    for key in ('state_dict', 'model'):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        'num_classes': 10, 'input_size': (3, 32, 32), 'min_input_size': (3, 8, 8), 'pool_size': (4, 4),
+        'crop_pct': 1.0, 'crop_mode': 'center', 'interpolation': 'bilinear',
+        'mean': (0., 0., 0.), 'std': (1., 1., 1.),  # the model normalizes: inputs are pixels in [0, 1]
+        'first_conv': ('stem.conv', 'router.stem.conv'), 'classifier': 'head',
+        'label_names': CIFAR10_CLASSES, 'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2306.03430',
+        'paper_name': 'Revisiting the Trade-off between Accuracy and Robustness via Weight Distribution of Filters',
+        'origin_url': 'https://github.com/zhaoshiji123/AW-Net',
+        **kwargs,
+    }
+
+
+HUB_ORG = 'awnet-timm'
+
+default_cfgs = generate_default_cfgs({
+    'awnet_r18.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/awnet_r18.mtard_cifar10'),
+    'awnet_r34.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/awnet_r34.mtard_cifar10'),
+    'cifar_resnet18.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/cifar_resnet18.mtard_cifar10', first_conv='stem.conv'),
+    'cifar_resnet34.untrained': _cfg(first_conv='stem.conv'),
+})
+
+
+def _check_published(variant: str, kwargs: Dict[str, Any]):
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    if cfg.source == 'hf-hub' or cfg.file or cfg.state_dict or cfg.url or not cfg.hf_hub_id:
+        return  # an explicit source, or no source at all (timm then says no weights exist)
+    name = f'{variant}.{cfg.tag}'
+    if name not in PUBLISHED_WEIGHTS:
+        raise RuntimeError(
+            f"No weights for '{name}' have been published yet (planned Hub repo: {cfg.hf_hub_id}). "
+            f"Use pretrained=False for a randomly initialised model, or load a local checkpoint with "
+            f"pretrained=True, pretrained_cfg_overlay=dict(file='path/to/model.safetensors').")
+
+
+def _create_awnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AWNet:
+    if pretrained:
+        _check_published(variant, kwargs)
+    # features_only goes through forward_intermediates: stages take the route as extra arguments
+    feature_cfg = dict(feature_cls='getter', out_indices=(0, 1, 2, 3, 4), **kwargs.pop('feature_cfg', None) or {})
+    return build_model_with_cfg(
+        AWNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=feature_cfg,
+        **kwargs,
+    )
+
+
+@register_model
+def awnet_r18(pretrained: bool = False, **kwargs: Any) -> AWNet:
+    """AW-Net: ResNet-18 classifier with MixBN and modulated convs, ResNet-18 router."""
+    model_args = dict(layers=(2, 2, 2, 2))
+    return _create_awnet('awnet_r18', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def awnet_r34(pretrained: bool = False, **kwargs: Any) -> AWNet:
+    """AW-Net-L: ResNet-34 classifier with MixBN and modulated convs, ResNet-18 router."""
+    model_args = dict(layers=(3, 4, 6, 3))
+    return _create_awnet('awnet_r34', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def cifar_resnet18(pretrained: bool = False, **kwargs: Any) -> AWNet:
+    """Static CIFAR ResNet-18 (3x3 stem, no max-pool): AW-Net's baseline."""
+    model_args = dict(layers=(2, 2, 2, 2), mix_bn=False, modulate=False)
+    return _create_awnet('cifar_resnet18', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def cifar_resnet34(pretrained: bool = False, **kwargs: Any) -> AWNet:
+    """Static CIFAR ResNet-34 (3x3 stem, no max-pool): AW-Net-L's baseline."""
+    model_args = dict(layers=(3, 4, 6, 3), mix_bn=False, modulate=False)
+    return _create_awnet('cifar_resnet34', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,198 @@
+"""AW-Net's own behaviour: routes, MixBN branches, router gradients, ablations, errors, sizes."""
+import pytest
+import timm
+import torch
+
+from awnet_timm import AWNet, RouterOutput, use_route
+from awnet_timm.layers import MixBatchNorm2d
+
+
+def _tiny(**kwargs) -> AWNet:
+    """A small AW-Net (1 block per stage, narrow) with nonzero signal heads, for fast checks."""
+    args = dict(layers=(1, 1, 1, 1), channels=(8, 16, 16, 32), router_layers=(1, 1, 1, 1),
+                router_channels=(8, 8, 16, 16), signal_init='default')
+    return AWNet(**dict(args, **kwargs))
+
+
+def _trained_stats(model: AWNet) -> AWNet:
+    """Give Clean and Adv BNs different running statistics, as after training."""
+    model.train()
+    with torch.no_grad():
+        model.forward_features(torch.rand(8, 3, 32, 32) * 0.5, route='clean')
+        model.forward_features(torch.rand(8, 3, 32, 32), route='adv')
+    return model.eval()
+
+
+def _mixbns(model):
+    return [m for m in model.modules() if isinstance(m, MixBatchNorm2d)]
+
+
+def test_forced_routes_equal_auto_with_fixed_p():
+    model = _trained_stats(_tiny())
+    x = torch.rand(3, 3, 32, 32)
+    r = model.forward_router(x)
+    for route, p in (('clean', 1.), ('adv', 0.)):
+        given = RouterOutput(r.type_logits, torch.full((3,), p), r.omega)
+        torch.testing.assert_close(model.forward_features(x, route=route), model.forward_features(x, router_out=given))
+    assert not torch.allclose(model.forward_features(x, route='clean'), model.forward_features(x, route='adv'))
+
+
+@pytest.mark.parametrize('route', ['clean', 'adv'])
+def test_forced_route_in_training_updates_only_its_branch(route):
+    model = _tiny().train()
+    other = 'adv' if route == 'clean' else 'clean'
+    before = [(getattr(m, route).running_mean.clone(), getattr(m, other).running_mean.clone()) for m in _mixbns(model)]
+    logits, router_out = model.forward_with_router(torch.rand(4, 3, 32, 32), route=route)
+    assert router_out.type_logits.shape == (4, 2)  # the type head still runs, for the type loss
+    for m, (own, oth) in zip(_mixbns(model), before):
+        assert not torch.equal(getattr(m, route).running_mean, own)
+        assert torch.equal(getattr(m, other).running_mean, oth)
+
+
+def test_auto_route_blends_by_router_p_clean():
+    model = _trained_stats(_tiny())
+    x = torch.rand(2, 3, 32, 32)
+    logits, r = model.forward_with_router(x)
+    torch.testing.assert_close(r.p_clean, torch.softmax(r.type_logits, 1)[:, 1])
+    torch.testing.assert_close(logits, model(x))
+    torch.testing.assert_close(model.forward_features(x, router_out=r), model.forward_features(x))
+
+
+@pytest.mark.parametrize('route', ['auto', 'clean', 'adv', 'detach'])
+def test_eval_output_of_a_sample_does_not_depend_on_its_batch(route):
+    model = _trained_stats(_tiny())
+    model.set_route(route)
+    x = torch.rand(5, 3, 32, 32)
+    full = model(x)
+    for i in range(5):
+        torch.testing.assert_close(model(x[i:i + 1]), full[i:i + 1], rtol=1e-4, atol=1e-5)
+
+
+def _router_trunk_grad(model: AWNet, **forward_kwargs) -> float:
+    model.zero_grad()
+    model.forward_with_router(torch.rand(3, 3, 32, 32), **forward_kwargs)[0].logsumexp(1).sum().backward()
+    grads = [p.grad for n, p in model.router.named_parameters() if n.startswith('stages')]
+    return sum(float(g.abs().sum()) for g in grads if g is not None)
+
+
+def test_gradients_reach_router_through_p_clean():
+    model = _trained_stats(_tiny(modulate=False))  # no omega: P(clean) is the only path
+    assert model.router.signal_head is None
+    assert _router_trunk_grad(model) > 0
+    assert _router_trunk_grad(model, route='detach') == 0
+    assert _router_trunk_grad(model, route='adv') == 0
+
+
+def test_gradients_reach_router_through_omega():
+    model = _trained_stats(_tiny(mix_bn=False))  # no MixBN, no type head: omega is the only path
+    assert model.router.type_head is None
+    assert _router_trunk_grad(model) > 0
+    assert _router_trunk_grad(model, route='detach') == 0
+
+
+def test_gradients_reach_given_router_outputs():
+    model = _trained_stats(_tiny())
+    x = torch.rand(2, 3, 32, 32)
+    r = model.forward_router(x)
+    p = r.p_clean.detach().requires_grad_()
+    omega = [o.detach().requires_grad_() for o in r.omega]
+    model.forward_features(x, router_out=RouterOutput(r.type_logits, p, omega)).sum().backward()
+    assert p.grad.abs().sum() > 0 and all(o.grad.abs().sum() > 0 for o in omega)
+
+
+def test_detach_route_equals_auto_forward():
+    model = _trained_stats(_tiny())
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model.forward_features(x, route='detach'), model.forward_features(x))
+
+
+def test_use_route_sets_and_restores():
+    model = _trained_stats(_tiny())
+    x = torch.rand(2, 3, 32, 32)
+    with use_route(model, 'adv'):
+        torch.testing.assert_close(model(x), model.forward_with_router(x, route='adv')[0])
+    assert model.route == 'auto'
+    with pytest.raises(TypeError, match='needs an AWNet'):
+        with use_route(torch.nn.Linear(2, 2), 'adv'):
+            pass
+
+
+def test_ablation_type_head_off_uses_adv_bn_at_test():
+    model = _trained_stats(_tiny(type_head=False))
+    assert model.router.type_head is None and model.router.signal_head is not None
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model.forward_features(x), model.forward_features(x, route='adv'))
+
+
+def test_ablation_switches_build_the_right_parts():
+    static = _tiny(mix_bn=False, modulate=False)
+    assert static.router is None and not _mixbns(static)
+    assert static.forward_with_router(torch.rand(1, 3, 32, 32))[1] is None
+    no_mod = _tiny(modulate=False)
+    assert no_mod.router.signal_head is None and no_mod.router.type_head is not None
+    every_conv = _tiny(modulate_stem_shortcut=True)
+    assert len(every_conv.forward_router(torch.rand(1, 3, 32, 32)).omega) == 1 + 4 * 2 + 3  # stem, blocks, shortcuts
+    last_only = _tiny(router_feature='last')
+    assert last_only.router.feature_dim == 16 and _tiny().router.feature_dim == 8 + 8 + 16 + 16
+
+
+def test_modulated_stem_and_shortcut_follow_omega():
+    model = _trained_stats(_tiny(modulate_stem_shortcut=True))
+    x = torch.rand(2, 3, 32, 32)
+    r = model.forward_router(x)
+    base = model.forward_features(x, router_out=r)
+    for i in (0, len(r.omega) - 1):  # the stem's and the last shortcut's signal
+        omega = list(r.omega)
+        omega[i] = omega[i] * 2
+        assert not torch.allclose(model.forward_features(x, router_out=RouterOutput(r.type_logits, r.p_clean, omega)), base)
+
+
+def test_other_input_sizes():
+    model = timm.create_model('awnet_r18').eval()
+    assert model.forward_features(torch.rand(2, 3, 64, 64)).shape == (2, 512, 8, 8)
+    assert model(torch.rand(1, 3, 48, 40)).shape == (1, 10)
+
+
+def test_parameter_counts_decompose_as_designed():
+    counts = {n: sum(p.numel() for p in timm.create_model(n).parameters())
+              for n in ('awnet_r18', 'awnet_r34', 'cifar_resnet18', 'cifar_resnet34')}
+    assert counts['cifar_resnet18'] == 11_173_962  # the standard CIFAR ResNet-18 (10 classes)
+    router = counts['cifar_resnet18'] - (512 * 10 + 10)  # ResNet-18 trunk without its classifier
+    for awnet, static, modulated in (('awnet_r18', 'cifar_resnet18', 3840), ('awnet_r34', 'cifar_resnet34', 7552)):
+        bn_channels = sum(m.num_features for m in _mixbns(timm.create_model(awnet)))
+        adv_bn = 2 * bn_channels  # affine of each Adv BN
+        heads = (960 * 2 + 2) + (960 * modulated + modulated)
+        assert counts[awnet] == counts[static] + adv_bn + router + heads
+
+
+@pytest.mark.parametrize('bad, error, match', [
+    (torch.rand(3, 32, 32), ValueError, r'expects a \(B, 3, H, W\) batch'),
+    (torch.rand(2, 1, 32, 32), ValueError, r'expects a \(B, 3, H, W\) batch'),
+    ((torch.rand(2, 3, 32, 32) * 255).to(torch.uint8), TypeError, 'floating-point pixels'),
+])
+def test_bad_input_is_rejected_with_what_was_expected(bad, error, match):
+    model = _tiny().eval()
+    with pytest.raises(error, match=match):
+        model(bad)
+
+
+def test_unknown_route_is_rejected():
+    model = _tiny().eval()
+    with pytest.raises(ValueError, match="unknown route 'robust'.*'auto', 'clean', 'adv', 'detach'"):
+        model.set_route('robust')
+    with pytest.raises(ValueError, match="unknown route"):
+        model.forward_features(torch.rand(1, 3, 32, 32), route='Clean')
+
+
+def test_router_out_of_the_wrong_model_is_rejected():
+    model = _tiny().eval()
+    r = model.forward_router(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match='modulates 8 convs'):
+        model.forward_features(torch.rand(1, 3, 32, 32), router_out=RouterOutput(r.type_logits, r.p_clean, r.omega[:3]))
+
+
+def test_bad_constructor_options_are_rejected():
+    with pytest.raises(ValueError, match="'stages' or 'last'"):
+        _tiny(router_feature='middle')
+    with pytest.raises(ValueError, match="'zeros' or 'default'"):
+        _tiny(signal_init='ones')
