@@ -201,3 +201,11 @@ def test_untrained_tag_and_unknown_tag_fail_clearly():
         timm.create_model('awnet_r18.no_such_tag')
     with pytest.raises(RuntimeError, match='Unknown model'):
         timm.create_model('awnet_r99')
+
+
+def test_inductor_compile_awnet_r18():
+    """A real inductor build (C++ codegen on CPU), not just graph capture."""
+    model = timm.create_model('awnet_r18').eval()
+    x = torch.rand(BATCH, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x), rtol=1e-4, atol=1e-4)
