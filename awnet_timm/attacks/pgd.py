@@ -1,0 +1,128 @@
+""" L-inf PGD and FGSM on [0, 1] pixels, for any model, batched
+
+PGD (Madry et al., ICLR 2018, arXiv:1706.06083): from a random start inside the eps-ball, take
+`steps` signed-gradient steps of `step_size`, projecting back onto the ball and onto [0, 1].
+FGSM (Goodfellow et al., ICLR 2015) is one step of size eps from x. eps and step sizes are in
+pixel units (8/255), the convention of RobustBench and AutoAttack.
+
+Losses the attack maximises:
+- 'ce': cross-entropy to the true label (PGD-AT, the paper's PGD attacks);
+- 'kl': KL(p(x) || p(x_adv)) to the model's own clean prediction, as TRADES generates its examples;
+- 'cw': the C&W margin max_{j != y} z_j - z_y (the paper's CW-inf).
+
+Attacks know nothing about reporting: `perturb(x, y)` returns the adversarial batch. The model runs
+in eval mode during the attack (its mode is restored after) and its parameters get no gradients.
+An AW-Net is attacked in the route given by `route` ('auto', 'adv', ...; None keeps its own).
+"""
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models import AWNet, use_route
+
+__all__ = ['LinfPGD', 'FGSM', 'ATTACK_LOSSES', 'RANDOM_STARTS', 'attack_loss']
+
+ATTACK_LOSSES = ('ce', 'kl', 'cw')
+RANDOM_STARTS = ('uniform', 'normal', 'none')
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, clean_probs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-sample loss (B,) to maximise. Summed over the batch, each sample's gradient is its own."""
+    if loss == 'ce':
+        return F.cross_entropy(logits, y, reduction='none')
+    if loss == 'kl':
+        assert clean_probs is not None, "loss 'kl' needs the clean prediction"
+        return F.kl_div(F.log_softmax(logits, dim=1), clean_probs, reduction='none').sum(1)
+    if loss == 'cw':
+        correct = logits.gather(1, y[:, None]).squeeze(1)
+        others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float('-inf'))
+        return others.amax(1) - correct
+    raise ValueError(f"unknown attack loss '{loss}': expected one of {', '.join(ATTACK_LOSSES)}")
+
+
+class LinfPGD:
+    """ L-inf projected gradient descent (ascent on the loss).
+
+    Args:
+        model: Any module mapping (B, C, H, W) pixels in [0, 1] to logits.
+        eps: Radius of the L-inf ball, in pixel units.
+        step_size: Size of each signed-gradient step.
+        steps: Number of steps.
+        loss: 'ce', 'kl' or 'cw' (see module docstring).
+        random_start: 'uniform' (U(-eps, eps), Madry), 'normal' (0.001 * N(0, 1), as TRADES and
+            MTARD start) or 'none'.
+        route: For an AW-Net, the route to attack it in (None keeps the model's own).
+    """
+
+    def __init__(
+            self,
+            model: nn.Module,
+            eps: float = 8 / 255,
+            step_size: float = 2 / 255,
+            steps: int = 10,
+            loss: str = 'ce',
+            random_start: str = 'uniform',
+            route: Optional[str] = None,
+    ):
+        if loss not in ATTACK_LOSSES:
+            raise ValueError(f"unknown attack loss '{loss}': expected one of {', '.join(ATTACK_LOSSES)}")
+        if random_start not in RANDOM_STARTS:
+            raise ValueError(f"unknown random_start '{random_start}': expected one of {', '.join(RANDOM_STARTS)}")
+        if not 0 <= eps <= 1 or step_size < 0 or steps < 1:
+            raise ValueError(f'need 0 <= eps <= 1 (pixel units), step_size >= 0 and steps >= 1; '
+                             f'got eps={eps}, step_size={step_size}, steps={steps}')
+        if route is not None and not isinstance(model, AWNet):
+            raise TypeError(f'route={route!r} needs an AWNet, got {type(model).__name__}')
+        self.model = model
+        self.eps = eps
+        self.step_size = step_size
+        self.steps = steps
+        self.loss = loss
+        self.random_start = random_start
+        self.route = route
+
+    def _start(self, x: torch.Tensor) -> torch.Tensor:
+        if self.random_start == 'uniform':
+            delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
+        elif self.random_start == 'normal':
+            delta = 0.001 * torch.randn_like(x)
+        else:
+            delta = torch.zeros_like(x)
+        return (x + delta).clamp(0, 1)
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples for (x, y): within eps of x in L-inf, pixels in [0, 1]."""
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError(f'attacks take pixels in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]')
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with use_route(self.model, self.route) if self.route is not None else nullcontext():
+                return self._run(x.detach(), y)
+        finally:
+            self.model.train(was_training)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        clean_probs = None
+        if self.loss == 'kl':
+            with torch.no_grad():
+                clean_probs = F.softmax(self.model(x), dim=1)
+        x_adv = self._start(x)
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                loss = attack_loss(self.model(x_adv), y, self.loss, clean_probs).sum()
+                grad, = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() + self.step_size * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
+        return x_adv.detach()
+
+
+class FGSM(LinfPGD):
+    """ Fast gradient sign method: one step of size eps from x (no random start). """
+
+    def __init__(self, model: nn.Module, eps: float = 8 / 255, loss: str = 'ce', route: Optional[str] = None):
+        super().__init__(model, eps=eps, step_size=eps, steps=1, loss=loss, random_start='none', route=route)
