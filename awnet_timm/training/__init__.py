@@ -1,0 +1,1 @@
+from .mtard_loss import AdaptiveTeacherWeights, distill_kl, type_loss
