@@ -136,3 +136,4 @@ def test_bad_attack_arguments_fail_clearly(trained_model):
         LinfPGD(trained_model, route='adv')
     with pytest.raises(ValueError, match=r'pixels in \[0, 1\]'):
         LinfPGD(trained_model).perturb(torch.randn(2, 3, 8, 8) * 3, torch.zeros(2, dtype=torch.long))
+    LinfPGD(trained_model, steps=1, check_range=False).perturb(torch.full((2, 3, 8, 8), 1.5), torch.zeros(2, dtype=torch.long))
