@@ -48,6 +48,25 @@ def _workloads(name: str, args, device: torch.device) -> Dict[str, Callable[[], 
     return {'eval_forward': forward, 'train_step': train_step}
 
 
+def _profile(models, device: torch.device, repeats: int = 3) -> Dict[str, Dict[str, float]]:
+    """Self time per eval forward, split into convolutions and everything else, per model."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    out = {}
+    for key, workload in models.items():
+        with profile(activities=activities) as prof:
+            for _ in range(repeats):
+                workload['eval_forward']()
+        attr = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+        events = prof.key_averages()
+        total = sum(getattr(e, attr) for e in events) / repeats / 1e3
+        conv = sum(getattr(e, attr) for e in events if 'conv' in e.key) / repeats / 1e3
+        out[key] = {'total_ms': total, 'conv_ms': conv, 'other_ms': total - conv}
+        print(f'  profile {key:8s}: {total:8.2f} ms per eval forward, convolutions {conv:8.2f} ms '
+              f'({100 * conv / total:.0f}%), everything else {total - conv:7.2f} ms')
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='awnet_r18', help='AW-Net variant to time')
@@ -60,6 +79,8 @@ def main():
     parser.add_argument('--amp', action='store_true', help='bf16 autocast')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--compile', action='store_true', help='torch.compile both models')
+    parser.add_argument('--profile', action='store_true',
+                        help='also profile one eval forward of each model: share of time in convolutions')
     parser.add_argument('--json', default=None, help='also write the results to this JSON file')
     args = parser.parse_args()
     if args.threads:
@@ -80,6 +101,8 @@ def main():
             r = dict(baseline_ms=t['baseline'] * 1e3, awnet_ms=t['awnet'] * 1e3, ratio=t['awnet'] / t['baseline'])
             report['results'][name][task] = r
             print(f'  {task:13s} baseline {r["baseline_ms"]:8.2f} ms   awnet {r["awnet_ms"]:8.2f} ms   ratio {r["ratio"]:.2f}x')
+        if args.profile:
+            report['results'][name]['profile'] = _profile(models, device)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(report, f, indent=2)

@@ -150,8 +150,7 @@ class AWNet(nn.Module):
             prev = chs
 
         # omega is one list over the modulated convs: the stem's first, then each stage's in order
-        self.stem_modulated = self.stem.modulate
-        signal_channels = [channels[0]] if self.stem_modulated else []
+        signal_channels = [channels[0]] if self.stem.modulate else []
         self.stage_omega_start = []
         self.stage_omega_count = []
         for stage in self.stages:
@@ -261,7 +260,7 @@ class AWNet(nn.Module):
             router_out: Optional[RouterOutput] = None,
     ) -> Tuple[torch.Tensor, Optional[RouterOutput]]:
         x, omega, p_clean, branch, router_out = self._prepare(x, route, router_out)
-        x = self.stem(x, omega[0] if self.stem_modulated else None, p_clean, branch)
+        x = self.stem(x, omega[0] if self.stem.modulate else None, p_clean, branch)
         for i, stage in enumerate(self.stages):
             x = stage(x, self._stage_omega(omega, i), p_clean, branch)
         return x, router_out
@@ -292,7 +291,7 @@ class AWNet(nn.Module):
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
         x, omega, p_clean, branch, _ = self._prepare(x, route, router_out)
-        x = self.stem(x, omega[0] if self.stem_modulated else None, p_clean, branch)
+        x = self.stem(x, omega[0] if self.stem.modulate else None, p_clean, branch)
         if 0 in take_indices:
             intermediates.append(x)
         last = len(self.stages) if torch.jit.is_scripting() or not stop_early else max_index
@@ -317,7 +316,7 @@ class AWNet(nn.Module):
         self.stage_omega_start = self.stage_omega_start[:max_index]
         self.stage_omega_count = self.stage_omega_count[:max_index]
         if self.router is not None:
-            self.router.prune_signal_head(int(self.stem_modulated) + sum(self.stage_omega_count))
+            self.router.prune_signal_head(int(self.stem.modulate) + sum(self.stage_omega_count))
         if prune_end:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
         if prune_head or prune_end:
@@ -380,14 +379,6 @@ def use_route(model: nn.Module, route: str) -> Iterator[nn.Module]:
         model.route = previous
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Unwrap training checkpoints ('state_dict' / 'model' keys, DDP 'module.' prefixes)."""
-    for key in ('state_dict', 'model'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
-
-
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return {
         'num_classes': 10, 'input_size': (3, 32, 32), 'min_input_size': (3, 8, 8), 'pool_size': (4, 4),
@@ -431,7 +422,6 @@ def _create_awnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AWNe
     feature_cfg = dict(feature_cls='getter', out_indices=(0, 1, 2, 3, 4), **kwargs.pop('feature_cfg', None) or {})
     return build_model_with_cfg(
         AWNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=feature_cfg,
         **kwargs,
     )
