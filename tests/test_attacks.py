@@ -97,8 +97,9 @@ def test_adversarial_examples_stay_within_eps_and_pixel_range(trained_model, los
 def test_attack_restores_mode_and_leaves_parameters_without_gradients(trained_model):
     trained_model.zero_grad(set_to_none=True)
     trained_model.train()
+    trained_model[0].eval()  # a frozen part stays in eval mode
     LinfPGD(trained_model, steps=2).perturb(*_data(8, seed=5))
-    assert trained_model.training
+    assert [m.training for m in trained_model] == [False] + [True] * 4
     assert all(p.grad is None for p in trained_model.parameters())
     trained_model.eval()
 

@@ -11,7 +11,7 @@ Losses the attack maximises:
 - 'cw': the C&W margin max_{j != y} z_j - z_y (the paper's CW-inf).
 
 Attacks know nothing about reporting: `perturb(x, y)` returns the adversarial batch. The model runs
-in eval mode during the attack (its mode is restored after) and its parameters get no gradients.
+in eval mode during the attack (each submodule's mode is restored after) and its parameters get no gradients.
 An AW-Net is attacked in the route given by `route` ('auto', 'adv', ...; None keeps its own).
 """
 from contextlib import nullcontext
@@ -103,13 +103,14 @@ class LinfPGD:
             lo, hi = torch.aminmax(x.detach())
             if lo < 0 or hi > 1:
                 raise ValueError(f'attacks take pixels in [0, 1], got values in [{lo.item():.3g}, {hi.item():.3g}]')
-        was_training = self.model.training
+        modes = [(m, m.training) for m in self.model.modules()]  # per module: parts may be frozen in eval
         self.model.eval()
         try:
             with use_route(self.model, self.route) if self.route is not None else nullcontext():
                 return self._run(x.detach(), y)
         finally:
-            self.model.train(was_training)
+            for m, training in modes:
+                m.training = training
 
     def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         clean_probs = None

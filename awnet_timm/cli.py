@@ -1,0 +1,126 @@
+""" The `awnet` command: `awnet train`, `awnet finetune` (installed by the package)
+
+Every option is a field of `TrainConfig` (same name, dashes for underscores) with the paper's default;
+`--config run.json` starts from a saved config, and `--resume RUN_DIR` continues a run with its own
+config (options given on the command line override either). The CLI only wires arguments to
+`awnet_timm.training.train`; everything it does is available from Python.
+"""
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from typing import Any, Dict, Optional, Sequence
+
+from .training import TrainConfig, load_run_config, train
+from .training.config import ConfigError
+from .training.checkpoint import CheckpointError
+
+__all__ = ['main', 'build_parser', 'FINETUNE_DEFAULTS']
+
+# `awnet finetune`: a short adversarial fine-tune of given weights on an ImageFolder dataset
+FINETUNE_DEFAULTS = dict(recipe='pgd_at', dataset='imagefolder', val_split='val', epochs=20, lr=0.01, router_lr=0.001,
+                         decay_milestones=(15, 18))
+
+
+def _arg_type(annotation):
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:  # Optional[X]
+        return _arg_type(next(a for a in args if a is not type(None)))
+    if origin in (dict, typing.Dict) or annotation is dict:
+        return 'json'
+    if origin in (tuple, typing.Tuple):
+        return ('tuple', args[0])
+    return annotation
+
+
+def _number(text: str) -> float:
+    """A float, also written as a fraction: --eps 8/255."""
+    try:
+        if '/' in text:
+            num, den = text.split('/')
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f'expected a number such as 0.03 or 8/255, got {text!r}')
+
+
+def _json_dict(text: str) -> Dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f'expected a JSON object such as {{"modulate": false}}: {e}')
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'expected a JSON object, got {text}')
+    return value
+
+
+def _add_config_options(parser: argparse.ArgumentParser, defaults: Dict[str, Any]):
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = _arg_type(hints[f.name])
+        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        help_text = f"{f.metadata['help']} (default: {default!r})".replace('%', '%%')
+        flag = '--' + f.name.replace('_', '-')
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif kind == 'json':
+            parser.add_argument(flag, type=_json_dict, default=argparse.SUPPRESS, metavar='JSON', help=help_text)
+        elif isinstance(kind, tuple):
+            parser.add_argument(flag, type=kind[1], nargs='+', default=argparse.SUPPRESS, metavar='N', help=help_text)
+        elif kind is float:
+            parser.add_argument(flag, type=_number, default=argparse.SUPPRESS, metavar='FLOAT', help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=kind.__name__.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='awnet', description='AW-Net and robust CIFAR models for timm: training and fine-tuning.')
+    sub = parser.add_subparsers(dest='command', required=True)
+    commands = {
+        'train': ('Train a model from scratch (or resume a run).', {}),
+        'finetune': ('Fine-tune weights (--pretrained) on a new dataset, adversarially or clean-only.', FINETUNE_DEFAULTS),
+    }
+    for name, (help_text, defaults) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument('--config', default=None, metavar='JSON_FILE',
+                       help='start from a saved TrainConfig (e.g. a run\'s config.json); options given here override it')
+        _add_config_options(p, defaults)
+    return parser
+
+
+def config_from_args(command: str, args: argparse.Namespace) -> TrainConfig:
+    """Defaults (the command's), then --config or the resumed run's config, then the options given."""
+    given = {k: v for k, v in vars(args).items() if k not in ('command', 'config')}
+    base = TrainConfig(**FINETUNE_DEFAULTS) if command == 'finetune' else TrainConfig()
+    if args.config:
+        with open(args.config) as f:
+            base = TrainConfig.from_dict(json.load(f))
+    elif given.get('resume') and given['resume'] != 'auto':
+        run = given['resume']
+        base = load_run_config(run.rsplit('/', 1)[0] if run.endswith('.safetensors') else run)
+    if 'decay_milestones' in given:
+        given['decay_milestones'] = tuple(given['decay_milestones'])
+    cfg = dataclasses.replace(base, **given)
+    if command == 'finetune' and not cfg.pretrained:
+        raise ConfigError('awnet finetune needs --pretrained: a .safetensors file, a run directory, a name.tag or hf-hub:org/repo')
+    return cfg
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args.command, args)
+        result = train(cfg)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f'awnet {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    state = 'finished' if result.finished else 'stopped early (resume to continue)'
+    print(f'awnet {args.command}: {state} after epoch {result.epochs_done}; run in {result.run_dir}; '
+          f'best {json.dumps(result.best)}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,197 @@
+""" Run checkpoints and weights: safetensors only, written atomically
+
+A run directory holds:
+- `config.json`: the run's `TrainConfig`;
+- `last.safetensors`, `best.safetensors`: model weights only (a plain state dict, loadable by timm with
+  `pretrained_cfg_overlay=dict(file=...)`); `best` is the epoch with the highest W-Robust accuracy;
+- `last.state.safetensors`: everything `resume` needs in one file (model, optimizer and recipe tensors;
+  epoch, scheduler, optimizer hyperparameters and metrics as JSON metadata);
+- `log.jsonl`: one JSON record per epoch.
+Every file is written to a temporary name in the same directory and renamed over the old one, so an
+interrupted write never leaves a half-written file. Nothing here unpickles.
+"""
+import json
+import os
+import tempfile
+from typing import Any, Dict, Optional, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+__all__ = [
+    'CheckpointError', 'atomic_write_text', 'save_weights', 'load_weights_file', 'resolve_weights_path',
+    'save_train_state', 'load_train_state', 'create_model_with_weights',
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+def _atomic(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write(text)
+    _atomic(path, write)
+
+
+def _contiguous(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    # safetensors refuses shared or strided storage
+    return {k: v.detach().to('cpu').contiguous().clone() for k, v in state.items()}
+
+
+def save_weights(path: str, model: nn.Module, metadata: Optional[Dict[str, str]] = None) -> None:
+    """The model's state dict as a plain safetensors file (what timm and the Hub load)."""
+    state = _contiguous(model.state_dict())
+    _atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def resolve_weights_path(path: str) -> str:
+    """A weights file from a .safetensors path or a run directory (its best, else last, weights)."""
+    if os.path.isdir(path):
+        for name in ('best.safetensors', 'last.safetensors', 'model.safetensors'):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise CheckpointError(f"'{path}' holds no best.safetensors, last.safetensors or model.safetensors")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist: expected a .safetensors file or a run directory")
+    return path
+
+
+def load_weights_file(path: str) -> Dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, with a clear error for anything else (pickles are refused)."""
+    path = resolve_weights_path(path)
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"'{path}' is not a readable safetensors file ({e}): it may be truncated or "
+                              f"corrupt, or a pickle checkpoint (only safetensors are loaded)") from None
+
+
+def _run_config_beside(path: str) -> Optional[Dict[str, Any]]:
+    config = os.path.join(os.path.dirname(os.path.abspath(path)), 'config.json')
+    if not os.path.isfile(config):
+        return None
+    with open(config) as f:
+        cfg = json.load(f)
+    return cfg if isinstance(cfg, dict) and 'model' in cfg and 'recipe' in cfg else None
+
+
+def create_model_with_weights(
+        name: str,
+        weights: str = '',
+        num_classes: Optional[int] = None,
+        **kwargs: Any,
+) -> nn.Module:
+    """ A timm model with weights from a file, a run directory, or the model's own pretrained source.
+
+    `name` is a timm name, `name.tag` or `hf-hub:org/repo`. With `weights` the file is read here (safetensors
+    only) and handed to timm's loader, which swaps the classifier when `num_classes` differs from the
+    checkpoint's and adapts the stem to `in_chans`; weights from a run directory of `awnet train` build the
+    model with that run's `model_kwargs`. Without `weights`, a tagged or Hub name loads timm's
+    pretrained weights and a bare name gives a randomly initialised model.
+    """
+    if not weights:
+        pretrained = name.startswith('hf-hub:') or '.' in name
+        if num_classes is not None:
+            kwargs['num_classes'] = num_classes
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    path = resolve_weights_path(weights)
+    run_cfg = _run_config_beside(path)
+    if run_cfg is not None:
+        # weights from a run of awnet train: build the model that run trained
+        if run_cfg['model'].split('.')[0] != name.split('.')[0]:
+            raise CheckpointError(f"'{path}' was trained as '{run_cfg['model']}', not '{name}'")
+        from .config import TrainConfig
+        kwargs = dict(TrainConfig.from_dict(run_cfg).model_args(), **kwargs)
+    state = load_weights_file(path)
+    cfg = timm.models.get_pretrained_cfg(name.split(':')[-1]) if not name.startswith('hf-hub:') else None
+    classifier = (cfg.classifier if cfg is not None else None) or 'head'
+    classifier = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    head = state.get(f'{classifier}.weight')
+    overlay = dict(state_dict=state)
+    if head is not None:
+        overlay['num_classes'] = head.shape[0]
+        num_classes = head.shape[0] if num_classes is None else num_classes
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except RuntimeError as e:
+        if 'state_dict' not in str(e) and 'size mismatch' not in str(e):
+            raise
+        raise CheckpointError(f"'{path}' does not fit model '{name}' {kwargs or ''}: it was saved from another "
+                              f"architecture or with other model arguments.\n{e}") from None
+
+
+def save_train_state(
+        path: str,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        extra_tensors: Dict[str, torch.Tensor],
+        meta: Dict[str, Any],
+) -> None:
+    """Model, optimizer and recipe state in one safetensors file; `meta` (JSON-able) goes in its metadata."""
+    tensors = {f'model.{k}': v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    opt_values = {}
+    for idx, state in opt['state'].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f'optim.{idx}.{key}'] = value
+            else:
+                opt_values[f'{idx}.{key}'] = value
+    tensors.update({f'extra.{k}': v for k, v in extra_tensors.items()})
+    meta = dict(meta, optimizer_param_groups=opt['param_groups'], optimizer_values=opt_values)
+    tensors = _contiguous(tensors)
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={'awnet_train_state': json.dumps(meta)}))
+
+
+def load_train_state(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Dict[str, Any]], Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(model state, optimizer state dict, extra tensors, meta) of a file written by `save_train_state`."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no training state at '{path}': expected a run directory holding last.state.safetensors")
+    try:
+        with safe_open(path, 'pt') as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"'{path}' is not a readable safetensors file ({e}): truncated or corrupt?") from None
+    if 'awnet_train_state' not in metadata:
+        raise CheckpointError(f"'{path}' is a safetensors file but not a training state of awnet train")
+    meta = json.loads(metadata['awnet_train_state'])
+    model_state, extra, opt_state = {}, {}, {}
+    for key, value in tensors.items():
+        group, rest = key.split('.', 1)
+        if group == 'model':
+            model_state[rest] = value
+        elif group == 'extra':
+            extra[rest] = value
+        else:
+            idx, name = rest.split('.', 1)
+            opt_state.setdefault(int(idx), {})[name] = value
+    for key, value in meta.pop('optimizer_values').items():
+        idx, name = key.split('.', 1)
+        opt_state.setdefault(int(idx), {})[name] = value
+    optimizer = dict(state=opt_state, param_groups=meta.pop('optimizer_param_groups'))
+    return model_state, optimizer, extra, meta

@@ -1,0 +1,157 @@
+""" The run configuration: one dataclass whose defaults are the paper's, every field overridable
+
+`TrainConfig` drives `train()`, `awnet train` and `awnet finetune` (the CLI builds its options from the
+fields and their help texts). It is printed into every run's log and saved next to every checkpoint.
+AW-Net paper (Sec. 5.1) and MTARD: SGD momentum 0.9, weight decay 2e-4, lr 0.1 for the classifier and
+0.01 for the router, batch 256, 100 epochs, lr /10 at epochs 75 and 90, eps 8/255, beta 3, tau 1
+(CIFAR-100: 5), PGD-10 with step 2/255 to make the training examples.
+"""
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+__all__ = ['TrainConfig', 'RECIPES', 'ConfigError']
+
+RECIPES = ('mtard', 'pgd_at', 'trades', 'standard')
+_PRECISIONS = ('auto', 'fp32', 'bf16')
+_ATTACK_STARTS = ('uniform', 'normal', 'none')
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work, with what was expected."""
+
+
+def _f(default, help: str, **kwargs):
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={'help': help, **kwargs})
+    return field(default=default, metadata={'help': help, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training or fine-tuning run needs; defaults reproduce the paper's CIFAR-10 setting."""
+    # model
+    model: str = _f('awnet_r18', 'timm model name (import awnet_timm registers awnet_r18/r34, cifar_resnet18/34/56, cifar_wrn34_10)')
+    model_kwargs: Dict[str, Any] = _f({}, 'extra model constructor arguments, as JSON (e.g. {"modulate": false})')
+    pretrained: str = _f('', 'initial weights: a .safetensors file, a run directory, a timm name.tag or hf-hub:org/repo '
+                             '(the classifier is replaced when the class count differs)')
+    num_classes: Optional[int] = _f(None, 'classes of the model (default: those of the dataset)')
+    beta: float = _f(3.0, "AW-Net's signal exponent beta (Eq. 19), for awnet_* models (model_kwargs beta wins)")
+    # data
+    dataset: str = _f('cifar10-offline', "'cifar10', 'cifar100' (torchvision), 'cifar10-offline' (the npz copy) or 'imagefolder'")
+    data_dir: str = _f('', 'dataset root (for imagefolder: the folder holding train/ and val/)')
+    download: bool = _f(False, 'let torchvision download CIFAR into --data-dir')
+    train_split: str = _f('train', 'split to train on')
+    val_split: str = _f('test', "split of the held-out set ('holdout': the last --val-size training images, kept out of training)")
+    val_size: int = _f(1000, 'images in the held-out set (0: no per-epoch evaluation)')
+    train_size: Optional[int] = _f(None, 'train on the first N images only (default: all)')
+    img_size: Optional[int] = _f(None, 'resize images to this size (default: as stored)')
+    crop_pad: int = _f(4, 'zero padding of the random crop (0: no crop)')
+    hflip: bool = _f(True, 'random horizontal flips')
+    data_on_device: bool = _f(True, 'keep the whole dataset on the device as uint8 (False: in host memory)')
+    # recipe
+    recipe: str = _f('mtard', f"training recipe: {', '.join(RECIPES)}")
+    epochs: int = _f(100, 'epochs')
+    batch_size: int = _f(256, 'global batch size (split across DDP ranks)')
+    lr: float = _f(0.1, 'learning rate of the classifier')
+    router_lr: float = _f(0.01, "learning rate of AW-Net's router")
+    momentum: float = _f(0.9, 'SGD momentum')
+    weight_decay: float = _f(2e-4, 'weight decay (all parameters, as the paper and MTARD apply it)')
+    decay_milestones: Tuple[int, ...] = _f((75, 90), 'epochs (1-based) from which the lr is divided by --decay-rate')
+    decay_rate: float = _f(0.1, 'lr factor at each milestone')
+    warmup_epochs: int = _f(0, 'linear lr warm-up epochs')
+    eps: float = _f(8 / 255, 'L-inf radius of the training attack, in pixel units')
+    attack_step: float = _f(2 / 255, 'step size of the training attack')
+    attack_steps: int = _f(10, 'PGD steps of the training attack')
+    attack_start: str = _f('', "PGD start: 'uniform', 'normal' (0.001 N(0,1)) or 'none' (default: 'uniform' for "
+                               "pgd_at, 'normal' for mtard and trades, as their papers' code does)")
+    attack_route: str = _f('adv', "AW-Net route while the training attack runs: 'adv' (forced Adv BN, the branch "
+                                  "x_adv trains) or 'auto' (the router decides)")
+    tau: float = _f(1.0, "MTARD's student temperature (1 for CIFAR-10, 5 for CIFAR-100)")
+    eta: float = _f(0.025, "MTARD's adaptive teacher-weight step (decays with the lr)")
+    type_loss_weight: float = _f(1.0, "weight of the router's type loss")
+    trades_beta: float = _f(6.0, "TRADES's robust-term weight (1/lambda)")
+    teacher_nat: str = _f('', 'clean teacher for mtard: a timm model name, name.tag or hf-hub:org/repo')
+    teacher_nat_checkpoint: str = _f('', 'weights of the clean teacher (.safetensors file or run directory)')
+    teacher_adv: str = _f('', 'robust teacher for mtard: a timm model name, name.tag or hf-hub:org/repo')
+    teacher_adv_checkpoint: str = _f('', 'weights of the robust teacher (.safetensors file or run directory)')
+    # fine-tuning
+    freeze_router: bool = _f(False, "keep AW-Net's router fixed (type head and signal heads)")
+    freeze_backbone: bool = _f(False, 'train only the classifier head (and the router unless frozen)')
+    # speed
+    device: str = _f('auto', "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
+    precision: str = _f('auto', "'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'")
+    channels_last: bool = _f(False, 'channels_last memory format')
+    compile: bool = _f(False, 'torch.compile the model')
+    # run
+    output: str = _f('output', 'parent folder of run directories')
+    run_name: str = _f('', 'run directory name (default: <model>-<recipe>-<time>)')
+    resume: str = _f('', "run directory (or its last.safetensors) to continue; 'auto': this run's own if present")
+    max_minutes: Optional[float] = _f(None, 'stop cleanly at the first epoch boundary past this budget (resume later)')
+    seed: int = _f(0, 'seed of initialisation, data order, augmentation and attacks')
+    val_attack_steps: int = _f(10, 'PGD steps of the per-epoch robust evaluation (step --attack-step, CE)')
+    log_interval: int = _f(50, 'steps between log lines')
+    progress: bool = _f(True, 'tqdm progress bars')
+
+    def validate(self) -> 'TrainConfig':
+        """Raise ConfigError on a value that cannot work, saying what was expected."""
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe '{self.recipe}': expected one of {', '.join(RECIPES)}")
+        if self.precision not in _PRECISIONS:
+            raise ConfigError(f"unknown precision '{self.precision}': expected one of {', '.join(_PRECISIONS)}")
+        if self.attack_start and self.attack_start not in _ATTACK_STARTS:
+            raise ConfigError(f"unknown attack_start '{self.attack_start}': expected one of {', '.join(_ATTACK_STARTS)}")
+        if self.attack_route not in ('adv', 'auto'):
+            raise ConfigError(f"attack_route must be 'adv' or 'auto', got '{self.attack_route}'")
+        for name in ('epochs', 'batch_size', 'attack_steps', 'val_attack_steps', 'log_interval'):
+            if getattr(self, name) < 1:
+                raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('lr', 'router_lr', 'momentum', 'weight_decay', 'decay_rate', 'attack_step', 'tau', 'eta',
+                     'type_loss_weight', 'trades_beta', 'val_size', 'crop_pad', 'warmup_epochs'):
+            if getattr(self, name) < 0:
+                raise ConfigError(f'{name} must be >= 0, got {getattr(self, name)}')
+        if not 0 <= self.eps <= 1:
+            raise ConfigError(f'eps is in pixel units and must be in [0, 1] (8/255 = {8 / 255:.4f}), got {self.eps}')
+        if self.eps > 0.5 or self.attack_step > 0.5:
+            raise ConfigError(f'eps={self.eps} / attack_step={self.attack_step} look like 0-255 units: give pixel units (8/255)')
+        if list(self.decay_milestones) != sorted(self.decay_milestones):
+            raise ConfigError(f'decay_milestones must be increasing, got {self.decay_milestones}')
+        if self.recipe == 'mtard' and not (self.teacher_nat and self.teacher_adv):
+            raise ConfigError('recipe mtard needs both teachers: --teacher-nat and --teacher-adv '
+                              '(a timm model name with --teacher-*-checkpoint, or a Hub id)')
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f'max_minutes must be > 0, got {self.max_minutes}')
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ConfigError(f'num_classes must be >= 1, got {self.num_classes}')
+        return self
+
+    def model_args(self) -> Dict[str, Any]:
+        """Constructor arguments of the model: model_kwargs, plus beta for AW-Net models."""
+        args = dict(self.model_kwargs)
+        if self.model.split(':')[-1].startswith('awnet_'):
+            args.setdefault('beta', self.beta)
+        return args
+
+    @property
+    def resolved_attack_start(self) -> str:
+        return self.attack_start or ('uniform' if self.recipe == 'pgd_at' else 'normal')
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['decay_milestones'] = list(self.decay_milestones)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> 'TrainConfig':
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f'unknown config keys {unknown}: expected keys of TrainConfig ({", ".join(sorted(names))})')
+        d = dict(d)
+        if 'decay_milestones' in d:
+            d['decay_milestones'] = tuple(d['decay_milestones'])
+        return cls(**d)

@@ -1,0 +1,351 @@
+""" The training loop behind `awnet train` and `awnet finetune`: one function, `train(cfg)`
+
+Per epoch: shuffle and augment on the device, one recipe step per batch (bf16 autocast on CUDA),
+SGD step, MTARD weight update; then clean and PGD accuracy on the held-out set, W-Robust accuracy
+(mean of the two, Eq. 23) to pick the best checkpoint, atomic checkpoints and one JSON line of log.
+
+Exact resume: a run's randomness is re-seeded from (seed, epoch, rank) at every epoch boundary and the
+data order is a function of (seed, epoch), so restoring model, optimizer, scheduler and MTARD weights
+at an epoch boundary continues the run bit for bit (on a deterministic device).
+
+Under `torchrun` every rank trains on its shard of each batch in DistributedDataParallel; metrics are
+averaged over ranks and only rank 0 writes files.
+"""
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from tqdm.auto import tqdm
+
+from ..attacks import LinfPGD
+from ..data import DeviceLoader, ImageTensors, load_dataset
+from .checkpoint import (
+    CheckpointError, atomic_write_text, create_model_with_weights, load_train_state, save_train_state, save_weights)
+from .config import ConfigError, TrainConfig
+from .recipes import TrainForward, create_recipe, is_dynamic
+from .teachers import load_teacher
+
+__all__ = ['train', 'TrainResult', 'evaluate', 'load_run_config', 'RESUMABLE_CHANGES']
+
+# fields a resumed run may change: they do not alter what the run computes
+RESUMABLE_CHANGES = ('resume', 'max_minutes', 'progress', 'log_interval', 'epochs', 'device', 'output', 'data_dir')
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    epochs_done: int
+    finished: bool  # False when --max-minutes stopped it early (resume to continue)
+    last: Optional[Dict[str, Any]]
+    best: Optional[Dict[str, Any]]
+
+
+class _Dist:
+    """This process's place in a torchrun job (a single process when not launched by torchrun)."""
+
+    def __init__(self, device: str):
+        self.world_size = int(os.environ.get('WORLD_SIZE', '1'))
+        self.rank = int(os.environ.get('RANK', '0'))
+        local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+        if device == 'auto':
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        self.device = torch.device(device)
+        if self.device.type == 'cuda' and self.device.index is None:
+            self.device = torch.device('cuda', local_rank if self.world_size > 1 else torch.cuda.current_device())
+        self.enabled = self.world_size > 1
+        if self.enabled and not dist.is_initialized():
+            backend = 'nccl' if self.device.type == 'cuda' else 'gloo'
+            if self.device.type == 'cuda':
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, values: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        if not values:
+            return {}
+        keys = sorted(values)
+        stacked = torch.stack([values[k].float() for k in keys])
+        if self.enabled:
+            dist.all_reduce(stacked)
+            stacked /= self.world_size
+        return dict(zip(keys, stacked.tolist()))
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t)
+        return t
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's decision, on every rank."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+
+def load_run_config(run_dir: str) -> TrainConfig:
+    """The TrainConfig a run was started with (its config.json)."""
+    path = os.path.join(run_dir, 'config.json')
+    if not os.path.isfile(path):
+        raise CheckpointError(f"'{run_dir}' is not a run directory: it has no config.json")
+    with open(path) as f:
+        return TrainConfig.from_dict(json.load(f))
+
+
+def _seed_epoch(cfg: TrainConfig, epoch: int, rank: int):
+    torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 9973 + rank)
+
+
+def _resolve_run_dir(cfg: TrainConfig) -> Tuple[str, Optional[str]]:
+    """(run directory, training-state file to resume from or None)."""
+    if cfg.resume and cfg.resume != 'auto':
+        path = cfg.resume
+        run_dir = os.path.dirname(path) if path.endswith('.safetensors') else path
+        state = path if path.endswith('.safetensors') else os.path.join(run_dir, 'last.state.safetensors')
+        if not os.path.isfile(state):
+            raise CheckpointError(f"cannot resume from '{cfg.resume}': no {state} (a run directory of awnet train)")
+        return run_dir, state
+    name = cfg.run_name or f"{cfg.model.replace('/', '_').replace(':', '_')}-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = os.path.join(cfg.output, name)
+    state = os.path.join(run_dir, 'last.state.safetensors')
+    if cfg.resume == 'auto' and os.path.isfile(state):
+        return run_dir, state
+    if os.path.isfile(state):
+        raise ConfigError(f"run directory '{run_dir}' already holds a run: pass --resume auto to continue it, "
+                          f"or another --run-name")
+    return run_dir, None
+
+
+def _check_resumable(cfg: TrainConfig, saved: TrainConfig):
+    changed = [f.name for f in dataclasses.fields(cfg)
+               if f.name not in RESUMABLE_CHANGES and getattr(cfg, f.name) != getattr(saved, f.name)]
+    if changed:
+        diffs = ', '.join(f'{k}: saved {getattr(saved, k)!r}, given {getattr(cfg, k)!r}' for k in changed)
+        raise ConfigError(f'resume must continue the same run, but the config differs ({diffs}); only '
+                          f'{", ".join(RESUMABLE_CHANGES)} may change')
+
+
+def _load_data(cfg: TrainConfig, d: _Dist) -> Tuple[ImageTensors, Optional[ImageTensors]]:
+    if d.main or not cfg.download:
+        train = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, cfg.download, cfg.img_size, cfg.train_size)
+    d.barrier()  # rank 0 downloads first
+    if not d.main and cfg.download:
+        train = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, False, cfg.img_size, cfg.train_size)
+    if cfg.val_size == 0:
+        return train, None
+    if cfg.val_split == 'holdout':
+        if cfg.val_size >= len(train):
+            raise ConfigError(f'val_size {cfg.val_size} leaves no training images out of {len(train)}')
+        return train.subset(0, len(train) - cfg.val_size), train.subset(len(train) - cfg.val_size)
+    return train, load_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, False, cfg.img_size, cfg.val_size)
+
+
+def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    model = create_model_with_weights(cfg.model, cfg.pretrained, num_classes, **cfg.model_args())
+    if cfg.freeze_router and getattr(model, 'router', None) is None:
+        raise ConfigError(f"freeze_router needs a model with a router; '{cfg.model}' has none")
+    return model
+
+
+def _frozen_modules(model: nn.Module, cfg: TrainConfig) -> List[nn.Module]:
+    frozen = []
+    if cfg.freeze_router:
+        frozen.append(model.router)
+    if cfg.freeze_backbone:
+        keep = {id(model.get_classifier()), id(getattr(model, 'router', None))}
+        frozen += [m for name, m in model.named_children() if id(m) not in keep]
+    return frozen
+
+
+def _set_train_mode(model: nn.Module, frozen: List[nn.Module]):
+    model.train()
+    for m in frozen:
+        m.eval()  # frozen parts keep their BN statistics too
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict[str, Any]]:
+    router = getattr(model, 'router', None)
+    router_ids = {id(p) for p in router.parameters()} if router is not None else set()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{'params': [p for p in params if id(p) not in router_ids], 'lr': cfg.lr}]
+    router_params = [p for p in params if id(p) in router_ids]
+    if router_params:
+        groups.append({'params': router_params, 'lr': cfg.router_lr})
+    if not any(g['params'] for g in groups):
+        raise ConfigError('nothing to train: every parameter is frozen')
+    return [g for g in groups if g['params']]
+
+
+@torch.no_grad()
+def _no_grad_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (model(x).argmax(1) == y).sum()
+
+
+def evaluate(
+        model: nn.Module,
+        loader: DeviceLoader,
+        eps: float,
+        step_size: float,
+        steps: int,
+        autocast: bool = False,
+        progress: bool = False,
+) -> Dict[str, torch.Tensor]:
+    """Correct counts on clean and on PGD (CE, uniform start) inputs, in eval mode and the model's own route."""
+    model.eval()
+    attack = LinfPGD(model, eps=eps, step_size=step_size, steps=steps, loss='ce', check_range=False)
+    device = loader.device
+    counts = torch.zeros(3, device=device)
+    for x, y in tqdm(loader, desc='eval', leave=False, disable=not progress):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            counts[0] += _no_grad_accuracy(model, x, y)
+            counts[1] += _no_grad_accuracy(model, attack.perturb(x, y), y) if eps > 0 else counts.new_zeros(())
+        counts[2] += len(y)
+    return {'correct_clean': counts[0], 'correct_pgd': counts[1], 'count': counts[2]}
+
+
+def _log(run_dir: str, record: Dict[str, Any]):
+    with open(os.path.join(run_dir, 'log.jsonl'), 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train (or fine-tune) as `cfg` says; returns where the run is and how far it got."""
+    t_start = time.time()
+    cfg.validate()
+    d = _Dist(cfg.device)
+    run_dir, resume_state = _resolve_run_dir(cfg)
+    if resume_state is not None:
+        _check_resumable(cfg, load_run_config(run_dir))
+    autocast = cfg.precision == 'bf16' or (cfg.precision == 'auto' and d.device.type == 'cuda')
+    if cfg.batch_size % d.world_size:
+        raise ConfigError(f'batch_size {cfg.batch_size} does not split over {d.world_size} ranks')
+
+    train_data, val_data = _load_data(cfg, d)
+    num_classes = cfg.num_classes or len(train_data.classes)
+    if int(train_data.labels.max()) >= num_classes:
+        raise ConfigError(f'labels go up to {int(train_data.labels.max())}, but num_classes is {num_classes}')
+    torch.manual_seed(cfg.seed)
+    model = _build_model(cfg, num_classes)
+    frozen = _frozen_modules(model, cfg)
+    for m in frozen:
+        m.requires_grad_(False)
+    model.to(d.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    teachers = None
+    if cfg.recipe == 'mtard':
+        teachers = [load_teacher(cfg.teacher_nat, cfg.teacher_nat_checkpoint, num_classes, d.device),
+                    load_teacher(cfg.teacher_adv, cfg.teacher_adv_checkpoint, num_classes, d.device)]
+
+    forward = TrainForward(model)
+    if cfg.compile:
+        model.compile()
+        forward.compile()
+    if d.enabled:
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[d.device.index] if d.device.type == 'cuda' else None,
+            find_unused_parameters=cfg.recipe == 'standard' and is_dynamic(model))
+    recipe = create_recipe(cfg, model, forward, teachers)
+    optimizer = create_optimizer_v2(_param_groups(model, cfg), 'momentum', lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    scheduler, _ = create_scheduler_v2(optimizer, 'multistep', num_epochs=cfg.epochs, decay_milestones=list(cfg.decay_milestones),
+                                       decay_rate=cfg.decay_rate, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01)
+
+    loader_args = dict(device=d.device, seed=cfg.seed, rank=d.rank, world_size=d.world_size,
+                       resident=cfg.data_on_device, channels_last=cfg.channels_last)
+    train_loader = DeviceLoader(train_data, cfg.batch_size // d.world_size, train=True, pad=cfg.crop_pad, flip=cfg.hflip, **loader_args)
+    val_loader = DeviceLoader(val_data, cfg.batch_size // d.world_size, train=False, **loader_args) if val_data is not None else None
+
+    start_epoch, best = 0, None
+    if resume_state is not None:
+        model_state, opt_state, extra, meta = load_train_state(resume_state)
+        try:
+            model.load_state_dict(model_state)
+            optimizer.load_state_dict(opt_state)
+        except (RuntimeError, ValueError) as e:
+            raise CheckpointError(f"'{resume_state}' does not match this model/optimizer: {e}") from None
+        if recipe.state_module() is not None:
+            recipe.state_module().load_state_dict({k.split('.', 1)[1]: v for k, v in extra.items() if k.startswith('recipe.')})
+        scheduler.load_state_dict(meta['scheduler'])
+        start_epoch, best = meta['epoch'], meta.get('best')
+    if d.main:
+        os.makedirs(run_dir, exist_ok=True)
+        atomic_write_text(os.path.join(run_dir, 'config.json'), cfg.to_json())
+        print(f'awnet train: run {run_dir} on {d.device} x{d.world_size}, {"bf16" if autocast else "fp32"}, '
+              f'{len(train_data)} train / {len(val_data) if val_data else 0} val images, '
+              f'{"resuming at epoch " + str(start_epoch + 1) if start_epoch else "from scratch"}\n{cfg.to_json()}')
+
+    last, epoch_times, finished = None, [], True
+    epoch = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.time()
+        _seed_epoch(cfg, epoch, d.rank)
+        scheduler.step(epoch)
+        train_loader.set_epoch(epoch)
+        _set_train_mode(model, frozen)
+        sums: Dict[str, torch.Tensor] = {}
+        bar = tqdm(train_loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (d.main and cfg.progress), leave=False)
+        for step, (x, y) in enumerate(bar):
+            with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss, metrics = recipe.loss(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            recipe.after_step(optimizer.param_groups[0]['lr'] / cfg.lr if cfg.lr > 0 else 1.0)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0) + v.float()
+            if (step + 1) % cfg.log_interval == 0 and d.main and cfg.progress:
+                bar.set_postfix({k: f'{v.item() / (step + 1):.3f}' for k, v in sums.items() if k in ('loss', 'acc_adv', 'acc_clean')})
+        train_metrics = d.mean({k: v / len(train_loader) for k, v in sums.items()})
+        record = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'], 'images': len(train_loader) * cfg.batch_size,
+                  **{f'train_{k}': v for k, v in train_metrics.items()}}
+        if val_loader is not None:
+            counts = evaluate(model, val_loader, cfg.eps, cfg.attack_step, cfg.val_attack_steps, autocast, d.main and cfg.progress)
+            counts = {k: d.sum(v).item() for k, v in counts.items()}
+            clean, robust = counts['correct_clean'] / counts['count'], counts['correct_pgd'] / counts['count']
+            record.update(val_images=int(counts['count']), val_clean_acc=clean, val_pgd_acc=robust,
+                          val_w_robust_acc=(clean + robust) / 2)  # W-Robust accuracy, Eq. 23
+        record['epoch_seconds'] = time.time() - t_epoch
+        is_best = 'val_w_robust_acc' in record and (best is None or record['val_w_robust_acc'] > best['val_w_robust_acc'])
+        if is_best:
+            best = {k: record[k] for k in ('epoch', 'val_clean_acc', 'val_pgd_acc', 'val_w_robust_acc')}
+        last = record
+        if d.main:
+            meta = {'epoch': epoch + 1, 'scheduler': scheduler.state_dict(), 'best': best, 'last': record,
+                    'model': cfg.model}
+            extra = {f'recipe.{k}': v for k, v in recipe.state_module().state_dict().items()} if recipe.state_module() is not None else {}
+            if is_best:
+                save_weights(os.path.join(run_dir, 'best.safetensors'), model, {'epoch': str(epoch + 1), 'model': cfg.model})
+            save_weights(os.path.join(run_dir, 'last.safetensors'), model, {'epoch': str(epoch + 1), 'model': cfg.model})
+            save_train_state(os.path.join(run_dir, 'last.state.safetensors'), model, optimizer, extra, meta)
+            _log(run_dir, record)
+            tqdm.write(json.dumps(record))
+        epoch_times.append(time.time() - t_epoch)
+        if cfg.max_minutes is not None and epoch + 1 < cfg.epochs:
+            elapsed = time.time() - t_start
+            out_of_time = elapsed + sum(epoch_times) / len(epoch_times) > cfg.max_minutes * 60
+            if d.agree(out_of_time):
+                finished = False
+                if d.main:
+                    tqdm.write(f'awnet train: stopping after epoch {epoch + 1} to stay within --max-minutes '
+                          f'{cfg.max_minutes}; continue with --resume {run_dir}')
+                break
+    d.barrier()
+    epochs_done = (epoch + 1) if cfg.epochs > start_epoch else start_epoch
+    return TrainResult(run_dir, epochs_done, finished, last, best)
