@@ -60,7 +60,9 @@ def _add_config_options(parser: argparse.ArgumentParser, defaults: Dict[str, Any
     for f in dataclasses.fields(TrainConfig):
         kind = _arg_type(hints[f.name])
         default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        help_text = f"{f.metadata['help']} (default: {default!r})".replace('%', '%%')
+        shown = f'{round(default * 255)}/255' if kind is float and default is not None and 0 < default < 1 and abs(default * 255 - round(default * 255)) < 1e-9 \
+            else repr(default)
+        help_text = f"{f.metadata['help']} (default: {shown})".replace('%', '%%')
         flag = '--' + f.name.replace('_', '-')
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

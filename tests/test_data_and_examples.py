@@ -54,3 +54,13 @@ def test_quickstart_runs_on_cifar10(cifar10_root):
     run = _quickstart('--batch-size', '3', '--data', cifar10_root)
     assert run.returncode == 0, run.stderr
     assert 'first 3 CIFAR-10 test images' in run.stdout and 'accuracy on this batch' in run.stdout
+
+
+def test_finetune_digits_example_runs(cifar10_root, tmp_path):
+    tiny = '{"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "router_layers": [1, 1, 1, 1], "router_channels": [8, 8, 16, 16]}'
+    run = subprocess.run([sys.executable, os.path.join(REPO, 'examples', 'finetune_digits.py'), '--cifar10-root', cifar10_root,
+                          '--model-kwargs', tiny, '--out', str(tmp_path), '--epochs', '1', '--attack-steps', '1',
+                          '--img-size', '16', '--no-progress'], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert 'fine-tuned on digits (16x16, 10 classes)' in run.stdout
+    assert sorted(os.listdir(tmp_path / 'digits')) == ['train', 'val']

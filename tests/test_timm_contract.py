@@ -9,6 +9,7 @@ from timm.layers import set_layer_config
 from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from awnet_timm import AWNet
 from conftest import ALL_MODELS
 
 BATCH = 2
@@ -22,7 +23,7 @@ def _input(model, size=None):
 @pytest.mark.parametrize('name', ALL_MODELS)
 def test_registry_lists_every_model(name):
     assert timm.is_model(name.split('.')[0])
-    assert name.split('.')[0] in timm.list_models(module='awnet')
+    assert name.split('.')[0] in timm.list_models(module=['awnet', 'wide_resnet'])
 
 
 @pytest.mark.parametrize('name', ALL_MODELS)
@@ -78,8 +79,9 @@ def test_model_features_only(name):
     assert len(outs) >= 3 and len(outs) == len(model.feature_info.channels())
     for o, c, r in zip(outs, model.feature_info.channels(), model.feature_info.reduction()):
         assert o.shape[1] == c and o.shape[-1] <= math.ceil(x.shape[-1] / r) + 1
-    sub = timm.create_model(name, features_only=True, out_indices=(2, 4)).eval()
-    assert [o.shape[1] for o in sub(x)] == [128, 512]
+    channels = model.feature_info.channels()
+    sub = timm.create_model(name, features_only=True, out_indices=(2, len(channels) - 1)).eval()
+    assert [o.shape[1] for o in sub(x)] == [channels[2], channels[-1]]
 
 
 @pytest.mark.parametrize('name', ALL_MODELS)
@@ -105,13 +107,15 @@ def test_model_prune_intermediate_layers(name):
     model = timm.create_model(name).eval()
     x = torch.rand(BATCH, 3, 32, 32)
     _, full = model.forward_intermediates(x)
+    level = model.feature_info[2]
     kept = model.prune_intermediate_layers(indices=[1, 2])
-    assert kept == [1, 2] and len(model.stages) == 2 and model.num_features == 128
+    assert kept == [1, 2] and len(model.stages) == 2 and model.num_features == level['num_chs']
     inter = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
     for a, b in zip(inter, full[1:3]):
         torch.testing.assert_close(a, b)
-    assert model(x).shape == (BATCH, 128, 16, 16)
-    if model.router is not None and model.router.signal_head is not None:
+    size = 32 // level['reduction']
+    assert model(x).shape == (BATCH, level['num_chs'], size, size)
+    if getattr(model, 'router', None) is not None and model.router.signal_head is not None:
         kept_channels = [c for stage in model.stages for c in stage.modulated_channels]
         assert model.router.signal_channels == kept_channels
         assert model.router.signal_head.out_features == sum(kept_channels)
@@ -124,8 +128,9 @@ def test_model_torchscript(name):
     scripted = torch.jit.script(model)
     x = _input(model)
     torch.testing.assert_close(scripted(x), model(x))
-    logits, router_out = scripted.forward_with_router(x, 'adv', None)
-    torch.testing.assert_close(logits, model.forward_with_router(x, 'adv')[0])
+    if isinstance(model, AWNet):
+        logits, router_out = scripted.forward_with_router(x, 'adv', None)
+        torch.testing.assert_close(logits, model.forward_with_router(x, 'adv')[0])
 
 
 def _fx(model, train: bool):
@@ -181,11 +186,15 @@ def test_model_load_pretrained_from_file(name, tmp_path):
     torch.testing.assert_close(same(x), source(x), rtol=0, atol=0)
     adapted = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, in_chans=1, num_classes=5).eval()
     assert adapted(torch.rand(BATCH, 1, 32, 32)).shape == (BATCH, 5)
-    torch.testing.assert_close(adapted.stem.conv.weight, source.stem.conv.weight.sum(1, keepdim=True))
+    first_convs = source.pretrained_cfg['first_conv']
+    for conv in (first_convs,) if isinstance(first_convs, str) else first_convs:
+        torch.testing.assert_close(
+            adapted.get_submodule(conv).weight, source.get_submodule(conv).weight.sum(1, keepdim=True))
     headless = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0).eval()
     torch.testing.assert_close(headless(x), source.forward_head(source.forward_features(x), pre_logits=True))
     feats = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, features_only=True).eval()
-    torch.testing.assert_close(feats(x)[-1], source.forward_features(x))
+    for f, s in zip(feats(x), source.forward_intermediates(x, intermediates_only=True), strict=True):
+        torch.testing.assert_close(f, s)
 
 
 @pytest.mark.parametrize('name', [n for n in ALL_MODELS if not n.endswith('.untrained')])

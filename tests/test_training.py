@@ -10,35 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from awnet_timm import AWNet
-from awnet_timm.data import write_digits_imagefolder
 from awnet_timm.layers import MixBatchNorm2d
 from awnet_timm.training import (
     CheckpointError, ConfigError, TrainConfig, TrainForward, create_model_with_weights, create_recipe, load_teacher, train)
 from awnet_timm.training.teachers import PixelInput
-
-TINY = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64])
-TINY_AWNET = dict(TINY, router_layers=[1, 1, 1, 1], router_channels=[8, 8, 16, 16])
-
-
-@pytest.fixture(scope='session')
-def digits(tmp_path_factory):
-    """scikit-learn's digits as an ImageFolder at 16x16: real images, offline, small."""
-    return write_digits_imagefolder(str(tmp_path_factory.mktemp('digits')), img_size=16)
-
-
-def tiny_config(digits, tmp_path, **overrides) -> TrainConfig:
-    base = dict(model='awnet_r18', model_kwargs=TINY_AWNET, dataset='imagefolder', data_dir=digits, val_split='val',
-                train_size=128, val_size=32, batch_size=32, epochs=1, attack_steps=2, val_attack_steps=2,
-                output=str(tmp_path), run_name='run', progress=False)
-    return TrainConfig(**dict(base, **overrides))
-
-
-@pytest.fixture(scope='session')
-def teacher_run(digits, tmp_path_factory):
-    """A small static teacher trained by the standard recipe (the way the project's teachers are made)."""
-    out = tmp_path_factory.mktemp('teacher')
-    cfg = tiny_config(digits, out, model='cifar_resnet18', model_kwargs=TINY, recipe='standard', train_size=512, epochs=2)
-    return train(cfg).run_dir
+from conftest import TINY, TINY_AWNET, tiny_config
 
 
 @functools.lru_cache(maxsize=None)

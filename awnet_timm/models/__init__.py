@@ -1,1 +1,2 @@
 from .awnet import *
+from .wide_resnet import *

@@ -22,7 +22,7 @@ Routes (`model.route`, or the `route=` argument of the forward methods):
 `router_out=` replaces the router's outputs with given ones (any route applies on top of them).
 """
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -50,10 +50,10 @@ PUBLISHED_WEIGHTS: Set[str] = set()
 def check_pixel_batch(x: torch.Tensor, in_chans: int) -> None:
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise ValueError(
-            f'AW-Net expects a (B, {in_chans}, H, W) batch of pixels in [0, 1], got shape {list(x.shape)}')
+            f'the model expects a (B, {in_chans}, H, W) batch of pixels in [0, 1], got shape {list(x.shape)}')
     if not x.is_floating_point():
         raise TypeError(
-            f'AW-Net expects floating-point pixels in [0, 1], got dtype {x.dtype} (for uint8 images use x.float() / 255)')
+            f'the model expects floating-point pixels in [0, 1], got dtype {x.dtype} (for uint8 images use x.float() / 255)')
 
 
 def _check_route(route: str) -> None:
@@ -400,6 +400,7 @@ default_cfgs = generate_default_cfgs({
     'awnet_r34.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/awnet_r34.mtard_cifar10'),
     'cifar_resnet18.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/cifar_resnet18.mtard_cifar10', first_conv='stem.conv'),
     'cifar_resnet34.untrained': _cfg(first_conv='stem.conv'),
+    'cifar_resnet56.untrained': _cfg(first_conv='stem.conv', pool_size=(8, 8)),
 })
 
 
@@ -419,7 +420,8 @@ def _create_awnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AWNe
     if pretrained:
         _check_published(variant, kwargs)
     # features_only goes through forward_intermediates: stages take the route as extra arguments
-    feature_cfg = dict(feature_cls='getter', out_indices=(0, 1, 2, 3, 4), **kwargs.pop('feature_cfg', None) or {})
+    levels = 1 + len(kwargs.get('layers', (2, 2, 2, 2)))  # the stem and every stage
+    feature_cfg = dict(feature_cls='getter', out_indices=tuple(range(levels)), **kwargs.pop('feature_cfg', None) or {})
     return build_model_with_cfg(
         AWNet, variant, pretrained,
         feature_cfg=feature_cfg,
@@ -453,3 +455,10 @@ def cifar_resnet34(pretrained: bool = False, **kwargs: Any) -> AWNet:
     """Static CIFAR ResNet-34 (3x3 stem, no max-pool): AW-Net-L's baseline."""
     model_args = dict(layers=(3, 4, 6, 3), mix_bn=False, modulate=False)
     return _create_awnet('cifar_resnet34', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def cifar_resnet56(pretrained: bool = False, **kwargs: Any) -> AWNet:
+    """CIFAR ResNet-56 (He et al. 2016: 3 stages of 9 basic blocks, 16/32/64 wide): MTARD's clean teacher."""
+    model_args = dict(layers=(9, 9, 9), channels=(16, 32, 64), mix_bn=False, modulate=False)
+    return _create_awnet('cifar_resnet56', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -46,6 +46,7 @@ class TrainResult:
     finished: bool  # False when --max-minutes stopped it early (resume to continue)
     last: Optional[Dict[str, Any]]
     best: Optional[Dict[str, Any]]
+    model: nn.Module  # the trained model, unwrapped, as after the last epoch
 
 
 class _Dist:
@@ -348,4 +349,4 @@ def train(cfg: TrainConfig) -> TrainResult:
                 break
     d.barrier()
     epochs_done = (epoch + 1) if cfg.epochs > start_epoch else start_epoch
-    return TrainResult(run_dir, epochs_done, finished, last, best)
+    return TrainResult(run_dir, epochs_done, finished, last, best, model)
