@@ -1,4 +1,4 @@
-""" The `awnet` command: `awnet train`, `awnet finetune` (installed by the package)
+""" The `awnet` command (installed by the package): train, finetune, eval, plot, filters, export, publish
 
 Every option is a field of `TrainConfig` (same name, dashes for underscores) with the paper's default;
 `--config run.json` starts from a saved config, and `--resume RUN_DIR` continues a run with its own
@@ -77,7 +77,7 @@ def _add_config_options(parser: argparse.ArgumentParser, defaults: Dict[str, Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='awnet', description='AW-Net and robust CIFAR models for timm: training and fine-tuning.')
+    parser = argparse.ArgumentParser(prog='awnet', description='AW-Net and robust CIFAR models for timm: training, fine-tuning and robustness evaluation.')
     sub = parser.add_subparsers(dest='command', required=True)
     commands = {
         'train': ('Train a model from scratch (or resume a run).', {}),
@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument('--config', default=None, metavar='JSON_FILE',
                        help='start from a saved TrainConfig (e.g. a run\'s config.json); options given here override it')
         _add_config_options(p, defaults)
+    from .eval.cli import add_eval_parser, add_filters_parser, add_plot_parser
+    add_eval_parser(sub)
+    add_plot_parser(sub)
+    add_filters_parser(sub)
+    from .hub.cli import add_export_parser, add_publish_parser
+    add_export_parser(sub)
+    add_publish_parser(sub)
     return parser
 
 
@@ -112,6 +119,12 @@ def config_from_args(command: str, args: argparse.Namespace) -> TrainConfig:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in ('train', 'finetune'):
+        try:
+            return args.func(args)
+        except (ValueError, FileNotFoundError, CheckpointError) as e:
+            print(f'awnet {args.command}: error: {e}', file=sys.stderr)
+            return 2
     try:
         cfg = config_from_args(args.command, args)
         result = train(cfg)

@@ -15,7 +15,7 @@ in eval mode during the attack (each submodule's mode is restored after) and its
 An AW-Net is attacked in the route given by `route` ('auto', 'adv', ...; None keeps its own).
 """
 from contextlib import nullcontext
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -112,17 +112,24 @@ class LinfPGD:
             for m, training in modes:
                 m.training = training
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        clean_probs = None
+    def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> Any:
+        """Per-batch context for the objective (the clean prediction for 'kl')."""
         if self.loss == 'kl':
             with torch.no_grad():
-                clean_probs = F.softmax(self.model(x), dim=1)
+                return F.softmax(self.model(x), dim=1)
+        return None
+
+    def objective(self, x_adv: torch.Tensor, y: torch.Tensor, context: Any) -> torch.Tensor:
+        """Per-sample loss (B,) the attack maximises; subclasses (router-aware attacks) override it."""
+        return attack_loss(self.model(x_adv), y, self.loss, context)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        context = self._prepare(x, y)
         x_adv = self._start(x)
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
-                loss = attack_loss(self.model(x_adv), y, self.loss, clean_probs).sum()
-                grad, = torch.autograd.grad(loss, x_adv)
+                grad, = torch.autograd.grad(self.objective(x_adv, y, context).sum(), x_adv)
             x_adv = x_adv.detach() + self.step_size * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
         return x_adv.detach()

@@ -1,2 +1,3 @@
 from .awnet import *
+from .pretrained import PretrainedWeightsError
 from .wide_resnet import *

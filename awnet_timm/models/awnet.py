@@ -22,6 +22,7 @@ Routes (`model.route`, or the `route=` argument of the forward methods):
 `router_out=` replaces the router's outputs with given ones (any route applies on top of them).
 """
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -29,10 +30,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerType, SelectAdaptivePool2d, calculate_drop_path_rates, get_act_layer, \
     get_device_dtype, get_norm_layer, register_notrace_function
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, list_models, register_model, \
+    resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
 from ..layers import AdversarialRouter, AWStage, ConvNormAct, RouterOutput
+from .pretrained import check_weights_fit, explain_load_errors
 
 __all__ = ['AWNet', 'ROUTES', 'use_route', 'PUBLISHED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES']
 
@@ -404,29 +407,42 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _check_published(variant: str, kwargs: Dict[str, Any]):
-    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-    if cfg.source == 'hf-hub' or cfg.file or cfg.state_dict or cfg.url or not cfg.hf_hub_id:
-        return  # an explicit source, or no source at all (timm then says no weights exist)
+def _resolve_cfg(variant: str, kwargs: Dict[str, Any], pretrained: bool) -> PretrainedCfg:
+    """The pretrained cfg timm will use; an unknown tag or unpublished weights fail here with what to do."""
+    try:
+        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    except RuntimeError as e:
+        if 'Invalid pretrained tag' not in str(e):
+            raise
+        known = ', '.join(list_models(variant, include_tags=True))
+        published = ', '.join(sorted(n for n in PUBLISHED_WEIGHTS if n.split('.')[0] == variant)) or 'none yet'
+        raise RuntimeError(f'{e} Its tags: {known} (with published weights: {published}). Use one of them, '
+                           f"an hf-hub:org/repo or local-dir:folder name, or pretrained_cfg_overlay=dict(file=...)") from None
+    if not pretrained or cfg.source == 'hf-hub' or cfg.file or cfg.state_dict or cfg.url or not cfg.hf_hub_id:
+        return cfg  # an explicit source, or no source at all (timm then says no weights exist)
     name = f'{variant}.{cfg.tag}'
     if name not in PUBLISHED_WEIGHTS:
         raise RuntimeError(
             f"No weights for '{name}' have been published yet (planned Hub repo: {cfg.hf_hub_id}). "
-            f"Use pretrained=False for a randomly initialised model, or load a local checkpoint with "
+            f"Use pretrained=False for a randomly initialised model, or load local weights: an export folder with "
+            f"timm.create_model('local-dir:path/to/folder', pretrained=True), or a file with "
             f"pretrained=True, pretrained_cfg_overlay=dict(file='path/to/model.safetensors').")
+    return cfg
 
 
 def _create_awnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AWNet:
-    if pretrained:
-        _check_published(variant, kwargs)
+    cfg = _resolve_cfg(variant, kwargs, pretrained)
     # features_only goes through forward_intermediates: stages take the route as extra arguments
     levels = 1 + len(kwargs.get('layers', (2, 2, 2, 2)))  # the stem and every stage
     feature_cfg = dict(feature_cls='getter', out_indices=tuple(range(levels)), **kwargs.pop('feature_cfg', None) or {})
-    return build_model_with_cfg(
-        AWNet, variant, pretrained,
-        feature_cfg=feature_cfg,
-        **kwargs,
-    )
+    fits = partial(check_weights_fit, features_only=bool(kwargs.get('features_only')))
+    with explain_load_errors(f'{variant}.{cfg.tag}' if cfg.tag else variant, cfg, kwargs.get('cache_dir')):
+        return build_model_with_cfg(
+            AWNet, variant, pretrained,
+            feature_cfg=feature_cfg,
+            pretrained_filter_fn=fits,
+            **kwargs,
+        )
 
 
 @register_model

@@ -12,7 +12,6 @@ interrupted write never leaves a half-written file. Nothing here unpickles.
 """
 import json
 import os
-import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import timm
@@ -21,38 +20,16 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from ..utils import atomic_write
+
 __all__ = [
-    'CheckpointError', 'atomic_write_text', 'save_weights', 'load_weights_file', 'resolve_weights_path',
+    'CheckpointError', 'save_weights', 'load_weights_file', 'resolve_weights_path',
     'save_train_state', 'load_train_state', 'create_model_with_weights',
 ]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
-
-
-def _atomic(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            f.write(text)
-    _atomic(path, write)
 
 
 def _contiguous(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -63,7 +40,7 @@ def _contiguous(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 def save_weights(path: str, model: nn.Module, metadata: Optional[Dict[str, str]] = None) -> None:
     """The model's state dict as a plain safetensors file (what timm and the Hub load)."""
     state = _contiguous(model.state_dict())
-    _atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def resolve_weights_path(path: str) -> str:
@@ -164,7 +141,7 @@ def save_train_state(
     tensors.update({f'extra.{k}': v for k, v in extra_tensors.items()})
     meta = dict(meta, optimizer_param_groups=opt['param_groups'], optimizer_values=opt_values)
     tensors = _contiguous(tensors)
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={'awnet_train_state': json.dumps(meta)}))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={'awnet_train_state': json.dumps(meta)}))
 
 
 def load_train_state(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Dict[str, Any]], Dict[str, torch.Tensor], Dict[str, Any]]:

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from ..attacks import LinfPGD
 from ..data import DeviceLoader, ImageTensors, load_dataset
 from .checkpoint import (
-    CheckpointError, atomic_write_text, create_model_with_weights, load_train_state, save_train_state, save_weights)
+    CheckpointError, create_model_with_weights, load_train_state, save_train_state, save_weights)
+from ..utils import atomic_write_text
 from .config import ConfigError, TrainConfig
 from .recipes import TrainForward, create_recipe, is_dynamic
 from .teachers import load_teacher

@@ -1,0 +1,161 @@
+""" Evaluation reports: a JSON record per run (with RobustBench's model_info fields), Markdown, plots
+
+The record is what model cards and MODEL_CARD.md read. Accuracies are fractions in [0, 1]; the
+`model_info` block follows RobustBench (percent strings with two decimals, eps as "8/255").
+"""
+import hashlib
+import json
+import os
+import platform
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..utils import atomic_write, atomic_write_text
+
+__all__ = ['REPORT_VERSION', 'build_record', 'write_report', 'markdown_table', 'plot_eps_curve', 'plot_tradeoff',
+           'sha256_file', 'eps_string']
+
+REPORT_VERSION = 1
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def eps_string(eps: float) -> str:
+    """8/255 for multiples of 1/255, else the number."""
+    k = eps * 255
+    return f'{round(k)}/255' if abs(k - round(k)) < 1e-6 else f'{eps:g}'
+
+
+def _versions() -> Dict[str, str]:
+    import timm
+    import torch
+    from .. import __version__
+    try:
+        from importlib.metadata import version
+        aa = version('pyautoattack')
+    except Exception:
+        aa = 'not installed'
+    return {'awnet_timm': __version__, 'torch': torch.__version__, 'timm': timm.__version__, 'pyautoattack': aa,
+            'python': platform.python_version()}
+
+
+def build_record(
+        result: Dict[str, Any],
+        model_name: str,
+        checkpoint: str,
+        data: Dict[str, Any],
+        eps: float,
+        seed: int,
+        device: str,
+        checkpoint_sha256: Optional[str] = None,
+        number_forward_passes: int = 1,
+) -> Dict[str, Any]:
+    """The JSON record of one evaluation run (the output of `evaluate_robustness` plus what was evaluated)."""
+    aa = next((a for a in result['attacks'] if a['name'] == 'autoattack'), None)
+    pct = lambda v: f'{100 * v:.2f}'  # noqa: E731
+    record = {
+        'awnet_eval_version': REPORT_VERSION,
+        'model': model_name,
+        'checkpoint': checkpoint,
+        'checkpoint_sha256': checkpoint_sha256,
+        'data': data,
+        'norm': 'Linf',
+        'eps': eps,
+        'eps_str': eps_string(eps),
+        'seed': seed,
+        'device': device,
+        **{k: result[k] for k in ('clean_acc', 'attacks', 'worst_case', 'router')},
+        'sanity': result.get('sanity', []),
+        'sanity_passed': all(c['passed'] for c in result.get('sanity', [])),
+        'eps_curve': result.get('eps_curve', []),
+        'elapsed_seconds': result['elapsed_seconds'],
+        'per_sample': result['per_sample'],
+        'versions': _versions(),
+    }
+    record['model_info'] = {
+        'link': '', 'name': model_name, 'authors': '', 'venue': '', 'architecture': model_name,
+        'dataset': data.get('dataset', ''), 'threat_model': 'Linf', 'eps': eps_string(eps),
+        'clean_acc': pct(result['clean_acc']), 'autoattack_acc': pct(aa['robust_acc']) if aa else '',
+        'external': pct(result['worst_case']['robust_acc']), 'reported': '', 'additional_data': False,
+        'number_forward_passes': number_forward_passes, 'unreliable': not record['sanity_passed'],
+        'footnote': f"external = per-sample worst case over {', '.join(result['worst_case']['attacks'])} "
+                    f"on {data.get('description', 'the data above')}",
+    }
+    return record
+
+
+def markdown_table(record: Dict[str, Any]) -> str:
+    """One row per attack plus the worst case: robust accuracy, W-Robust accuracy, router statistics."""
+    n = record['data'].get('n', '?')
+    lines = [f"**{record['model']}** on {record['data'].get('description', '')} (N = {n}), L-inf eps {record['eps_str']}: "
+             f"clean accuracy {100 * record['clean_acc']:.2f}%", '',
+             '| attack | kind | robust acc (%) | W-Robust acc (%) | mean P(clean) on x_adv | detection AUC | time (s) |',
+             '|---|---|---:|---:|---:|---:|---:|']
+    for a in record['attacks']:
+        r = a.get('router') or {}
+        router = (f"{r['p_clean_adv_mean']:.3f} | {100 * r['detection_auc']:.2f}" if r else '- | -')
+        lines.append(f"| {a['name']} | {a['kind']} | {100 * a['robust_acc']:.2f} | {100 * a['w_robust_acc']:.2f} | {router} | {a['seconds']:.1f} |")
+    w = record['worst_case']
+    lines.append(f"| **worst case** (per sample) | all | **{100 * w['robust_acc']:.2f}** | **{100 * w['w_robust_acc']:.2f}** | | | |")
+    if record.get('router'):
+        lines += ['', f"Mean P(clean) on clean inputs: {record['router']['p_clean_clean_mean']:.3f}."]
+    if record.get('sanity'):
+        lines += ['', '| sanity check | passed | detail |', '|---|---|---|']
+        lines += [f"| {c['check']} | {'yes' if c['passed'] else '**NO: possible gradient masking**'} | {c['detail']} |"
+                  for c in record['sanity']]
+    return '\n'.join(lines) + '\n'
+
+
+def write_report(record: Dict[str, Any], path: str) -> None:
+    """`path` (.json) and a Markdown table beside it (.md), both written atomically."""
+    atomic_write_text(path, json.dumps(record, indent=2) + '\n')
+    atomic_write_text(os.path.splitext(path)[0] + '.md', markdown_table(record))
+
+
+def _save_figure(fig, path: str):
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or 'png', dpi=150,
+                                               bbox_inches='tight'))
+
+
+def plot_eps_curve(records: Sequence[Dict[str, Any]], path: str) -> None:
+    """Robust accuracy (PGD-20) against eps, one line per record with an eps curve."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in records:
+        if r.get('eps_curve'):
+            ax.plot([c['eps'] * 255 for c in r['eps_curve']], [100 * c['robust_acc'] for c in r['eps_curve']], 'o-', label=r['model'])
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('eps (x 1/255)')
+    ax.set_ylabel('robust accuracy, PGD-20 (%)')
+    ax.grid(alpha=.3)
+    ax.legend()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_tradeoff(records: Sequence[Dict[str, Any]], path: str, labels: Optional[List[str]] = None) -> None:
+    """Clean against worst-case robust accuracy, one point per record, with W-Robust iso-lines."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for w in range(30, 100, 10):  # W-Robust = (clean + robust) / 2 is constant along these lines
+        ax.plot([2 * w - 100, 100], [100, 2 * w - 100], color='0.85', lw=.8, zorder=0)
+    for i, r in enumerate(records):
+        x, y = 100 * r['clean_acc'], 100 * r['worst_case']['robust_acc']
+        ax.scatter([x], [y], zorder=2)
+        ax.annotate(labels[i] if labels else r['model'], (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel('clean accuracy (%)')
+    ax.set_ylabel('worst-case robust accuracy (%)')
+    ax.set_title('accuracy-robustness trade-off (grey: equal W-Robust accuracy)', fontsize=9)
+    _save_figure(fig, path)
+    plt.close(fig)

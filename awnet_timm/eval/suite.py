@@ -1,0 +1,123 @@
+""" The attacks of an evaluation, by name: the paper's protocol, AutoAttack, router-aware and transfer attacks
+
+An `AttackSpec` is a name, a kind, its parameters (recorded in the report) and a builder that makes
+the attack for a target model. `build_suite` expands group names:
+- 'paper': fgsm, pgd_sat (20 x 2/255), pgd_trades (20 x 0.003), cw_inf (30 steps, margin loss), autoattack
+  (the AW-Net paper's protocol, Sec. 5.1, with AutoAttack 'standard');
+- 'router' (AW-Net only, ROBUST_EVAL.md section 4): forced_clean, forced_adv, router_detach, two_phase,
+  signal_match, joint_adaptive (the paper's own adaptive attack);
+- 'blackbox': square (AutoAttack's Square, 5,000 queries);
+- 'transfer' (needs surrogates): transfer_<name> (PGD-sat on each surrogate) and msa (AutoAttack on
+  every surrogate, per-sample first success).
+"""
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch.nn as nn
+
+from ..attacks import (
+    FGSM, AutoAttack, ForcedRoutePGD, JointLossPGD, LinfPGD, MixedSurrogateAttack, SignalMatchPGD, TwoPhaseAttack)
+from ..models import AWNet
+
+__all__ = ['AttackSpec', 'GROUPS', 'build_suite', 'pgd_spec']
+
+GROUPS = {
+    'paper': ('fgsm', 'pgd_sat', 'pgd_trades', 'cw_inf', 'autoattack'),
+    'router': ('forced_clean', 'forced_adv', 'router_detach', 'two_phase', 'signal_match', 'joint_adaptive'),
+    'blackbox': ('square',),
+    'transfer': ('transfer', 'msa'),
+}
+
+
+@dataclass
+class AttackSpec:
+    name: str
+    kind: str  # 'white-box', 'router', 'black-box' or 'transfer'
+    params: Dict[str, Any]
+    build: Callable[[nn.Module], Any] = field(repr=False)
+    iterative: bool = True
+
+
+def pgd_spec(name: str, eps: float, step_size: float, steps: int, loss: str = 'ce', random_start: str = 'uniform',
+             kind: str = 'white-box', route: Optional[str] = None) -> AttackSpec:
+    params = dict(attack='LinfPGD', eps=eps, step_size=step_size, steps=steps, loss=loss, random_start=random_start)
+    if route is not None:
+        params['route'] = route
+    return AttackSpec(name, kind, params, lambda m: LinfPGD(m, eps, step_size, steps, loss, random_start, route=route))
+
+
+def build_suite(
+        model: nn.Module,
+        names: Sequence[str],
+        eps: float = 8 / 255,
+        random_start: str = 'uniform',
+        cw_step: float = 0.003,
+        router_steps: int = 50,
+        square_queries: int = 5000,
+        aa_version: str = 'standard',
+        seed: int = 0,
+        batch_size: int = 500,
+        surrogates: Optional[Mapping[str, nn.Module]] = None,
+) -> List[AttackSpec]:
+    """The attacks named (or in the groups named) for `model`; router attacks need an AW-Net with a router."""
+    expanded: List[str] = []
+    for name in names:
+        for n in GROUPS.get(name, (name,)):
+            if n not in expanded:
+                expanded.append(n)
+    dynamic = isinstance(model, AWNet) and model.router is not None
+    surrogates = dict(surrogates or {})
+    specs = []
+    aa = dict(seed=seed, batch_size=batch_size)
+    for name in expanded:
+        if name == 'fgsm':
+            specs.append(AttackSpec(name, 'white-box', dict(attack='FGSM', eps=eps), lambda m: FGSM(m, eps), iterative=False))
+        elif name == 'pgd_sat':
+            specs.append(pgd_spec(name, eps, 2 / 255, 20, 'ce', random_start))
+        elif name == 'pgd_trades':
+            specs.append(pgd_spec(name, eps, 0.003, 20, 'ce', random_start))
+        elif name == 'cw_inf':
+            specs.append(pgd_spec(name, eps, cw_step, 30, 'cw', random_start))
+        elif name == 'autoattack':
+            specs.append(AttackSpec(name, 'white-box', dict(attack='AutoAttack', version=aa_version, eps=eps, norm='Linf', seed=seed),
+                                    lambda m: AutoAttack(m, eps, version=aa_version, **aa)))
+        elif name == 'square':
+            specs.append(AttackSpec(name, 'black-box', dict(attack='Square', queries=square_queries, eps=eps, seed=seed),
+                                    lambda m: AutoAttack(m, eps, version='custom', attacks=['square'],
+                                                         square_queries=square_queries, **aa)))
+        elif name in GROUPS['router']:
+            if not dynamic:
+                continue  # a static model has no router to attack
+            step = 2 / 255
+            if name in ('forced_clean', 'forced_adv'):
+                forced = name.split('_')[1]
+                specs.append(AttackSpec(name, 'router', dict(attack='ForcedRoutePGD', forced=forced, eps=eps, step_size=step, steps=router_steps),
+                                        lambda m, f=forced: ForcedRoutePGD(m, f, eps=eps, step_size=step, steps=router_steps)))
+            elif name == 'router_detach':
+                specs.append(pgd_spec(name, eps, step, router_steps, 'ce', random_start, kind='router', route='detach'))
+            elif name == 'two_phase':
+                specs.append(AttackSpec(name, 'router', dict(attack='TwoPhaseAttack', eps=eps, steps=100, step_size=2.5 * eps / 100),
+                                        lambda m: TwoPhaseAttack(m, eps=eps, steps=100)))
+            elif name == 'signal_match':
+                specs.append(AttackSpec(name, 'router', dict(attack='SignalMatchPGD', penalty=1.0, eps=eps, step_size=step, steps=router_steps),
+                                        lambda m: SignalMatchPGD(m, 1.0, eps=eps, step_size=step, steps=router_steps)))
+            else:
+                specs.append(AttackSpec(name, 'router', dict(attack='JointLossPGD', weight=1.0, eps=eps, step_size=0.003, steps=20),
+                                        lambda m: JointLossPGD(m, 1.0, eps=eps, step_size=0.003, steps=20, random_start=random_start)))
+        elif name in ('transfer', 'msa'):
+            if not surrogates:
+                raise ValueError(f"attack '{name}' needs surrogate models (--surrogate NAME=CHECKPOINT)")
+            if name == 'transfer':
+                for s_name, s_model in surrogates.items():
+                    specs.append(AttackSpec(f'transfer_{s_name}', 'transfer',
+                                            dict(attack='LinfPGD', surrogate=s_name, eps=eps, step_size=2 / 255, steps=20),
+                                            lambda m, s=s_model: LinfPGD(s, eps, 2 / 255, 20)))
+            else:
+                specs.append(AttackSpec(name, 'transfer', dict(attack='MixedSurrogate(AutoAttack)', surrogates=list(surrogates),
+                                                               version=aa_version, eps=eps),
+                                        lambda m: MixedSurrogateAttack(m, [AutoAttack(s, eps, version=aa_version, **aa)
+                                                                           for s in surrogates.values()])))
+        else:
+            known = sorted(set(GROUPS) | {n for g in GROUPS.values() for n in g})
+            raise ValueError(f"unknown attack '{name}': expected one of {', '.join(known)}")
+    return specs

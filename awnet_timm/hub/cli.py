@@ -1,0 +1,134 @@
+""" `awnet export` and `awnet publish`: the subcommands of the Hub release tools
+
+`awnet_timm.cli` adds them to its parser with `add_export_parser(sub)` / `add_publish_parser(sub)`; each
+sets `func`, a callable taking the parsed arguments and returning the exit code (0, or 2 with the error
+on stderr).
+"""
+import argparse
+import sys
+from typing import Callable
+
+from huggingface_hub.errors import HfHubHTTPError
+
+from .errors import HubReleaseError
+
+__all__ = ['add_export_parser', 'add_publish_parser', 'run_export', 'run_publish']
+
+_EXPORT_HELP = 'Write a Hugging Face Hub repo folder (weights, timm config.json, model card) from a training run.'
+_EXPORT_EPILOG = """\
+The folder (default hub/releases/<architecture>.<tag>) holds model.safetensors, config.json (the form timm's
+hf-hub: and local-dir: loaders read) and README.md (the model card with Hub YAML metadata); with --eval also
+awnet_eval.json. The card's numbers must be measured on the exported file itself, so:
+  awnet export output/RUN                        # writes hub/releases/awnet_r18.mtard_cifar10
+  awnet eval --model awnet_r18 --data-dir ../shared/data/cifar10 --out eval.json \\
+      --checkpoint hub/releases/awnet_r18.mtard_cifar10/model.safetensors   # evaluates that very file
+  awnet export output/RUN --eval eval.json --overwrite
+The export is deterministic, so the second export writes the same model.safetensors (same sha256) and the
+card gets the record's numbers; a record of any other file (e.g. of the fp32 weights for a --dtype fp16
+export) is refused.
+"""
+
+_PUBLISH_HELP = 'Upload an export folder to the Hugging Face Hub (create the repo, one commit) with huggingface_hub.'
+_PUBLISH_EPILOG = """\
+The token comes from the environment: HF_TOKEN (a token with write access), or the one `hf auth login`
+stored. The endpoint is HF_ENDPOINT (default https://huggingface.co) unless --endpoint is given.
+Before uploading, the folder is checked: it loads with timm (local-dir:), its card's YAML parses, and its
+awnet_eval.json was made on its model.safetensors (same sha256).
+  awnet publish hub/releases/awnet_r18.mtard_cifar10 --dry-run     # checks, lists the files, no upload
+  awnet publish hub/releases/awnet_r18.mtard_cifar10 --public
+"""
+
+
+def _report_errors(command: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def func(args: argparse.Namespace) -> int:
+        from ..training.checkpoint import CheckpointError
+        from ..training.config import ConfigError
+        try:
+            return run(args)
+        except (HubReleaseError, CheckpointError, ConfigError, HfHubHTTPError, FileNotFoundError) as e:
+            print(f'awnet {command}: error: {e}', file=sys.stderr)
+            return 2
+    return func
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+    result = export_checkpoint(
+        args.checkpoint, args.out, eval_record=args.eval, dtype=args.dtype, tag=args.tag, repo_id=args.repo_id,
+        weights=args.weights, releases_dir=args.releases_dir, overwrite=args.overwrite)
+    print(f'awnet export: wrote {result.folder}')
+    print(f'  repo {result.repo_id}, {result.architecture}.{result.tag}, {result.params / 1e6:.2f}M parameters, '
+          f'{result.dtype}, model.safetensors sha256 {result.sha256}')
+    if result.evaluated:
+        print('  model card with the evaluation record (same sha256)')
+    else:
+        print(f'  not evaluated: run `awnet eval` on {result.folder}/model.safetensors, then export again with --eval')
+    print(f'  MODEL_CARD.md row:\n{result.zoo_row}')
+    return 0
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    from .publish import publish_folder
+    result = publish_folder(
+        args.folder, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message,
+        dry_run=args.dry_run, endpoint=args.endpoint, allow_unevaluated=args.allow_unevaluated)
+    verb = 'would upload' if result.dry_run else 'uploaded'
+    print(f'awnet publish: {verb} to {result.endpoint}/{result.repo_id} (revision {result.revision}):')
+    for name, size, sha in result.files:
+        print(f'  {name:18s} {size:>12,d} bytes  sha256 {sha}')
+    for warning in result.warnings:
+        print(f'  warning: {warning}')
+    if result.commit_url:
+        print(f'  commit {result.commit_oid}: {result.commit_url}')
+    return 0
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser('export', help=_EXPORT_HELP, description=_EXPORT_HELP, epilog=_EXPORT_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('checkpoint', metavar='RUN',
+                   help='a run directory of `awnet train` (holds config.json and best/last.safetensors), or a weights '
+                        'file inside one')
+    p.add_argument('--out', default=None, metavar='DIR',
+                   help='folder to write (default: <releases-dir>/<architecture>.<tag>)')
+    p.add_argument('--releases-dir', default='hub/releases', metavar='DIR',
+                   help='parent of the default output folder (default: hub/releases)')
+    p.add_argument('--eval', default=None, metavar='EVAL_JSON',
+                   help='`awnet eval` record of the exported model.safetensors (its checkpoint_sha256 must be that '
+                        "file's sha256); its numbers fill the card's robustness table and model-index")
+    p.add_argument('--dtype', choices=('fp32', 'fp16'), default='fp32',
+                   help='precision of model.safetensors (default: fp32); fp16 halves the download and timm loads it '
+                        'into the float32 model; evaluate the fp16 file itself')
+    p.add_argument('--weights', choices=('best', 'last'), default='best',
+                   help="the run's weights to export when RUN is a directory (default: best, the best W-Robust epoch)")
+    p.add_argument('--tag', default=None,
+                   help='pretrained tag (default: <recipe>_<dataset>, e.g. mtard_cifar10)')
+    p.add_argument('--repo-id', default=None, metavar='ORG/NAME',
+                   help='Hub repo the card names (default: awnet-timm/<architecture>.<tag>)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
+    p.set_defaults(func=_report_errors('export', run_export))
+    return p
+
+
+def add_publish_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser('publish', help=_PUBLISH_HELP, description=_PUBLISH_HELP, epilog=_PUBLISH_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('folder', metavar='FOLDER', help='an export folder written by `awnet export`')
+    p.add_argument('--repo-id', default=None, metavar='ORG/NAME',
+                   help='target repo (default: awnet-timm/<folder name>)')
+    visibility = p.add_mutually_exclusive_group()
+    visibility.add_argument('--private', dest='private', action='store_true', default=None,
+                            help='create the repo private (an existing repo keeps its visibility)')
+    visibility.add_argument('--public', dest='private', action='store_false',
+                            help='create the repo public (default: the Hub\'s default for the namespace)')
+    p.add_argument('--revision', default='main', metavar='BRANCH',
+                   help='branch to commit to, created from main when missing (default: main)')
+    p.add_argument('--message', default=None, metavar='TEXT',
+                   help="commit message (default: 'Upload <repo>: model.safetensors sha256 <prefix>')")
+    p.add_argument('--endpoint', default=None, metavar='URL',
+                   help='Hub endpoint (default: $HF_ENDPOINT, else https://huggingface.co)')
+    p.add_argument('--dry-run', action='store_true', help='check the folder and list what would be uploaded; no HTTP')
+    p.add_argument('--allow-unevaluated', action='store_true',
+                   help='publish a folder without awnet_eval.json (its card then has no robustness numbers)')
+    p.set_defaults(func=_report_errors('publish', run_publish))
+    return p

@@ -1,0 +1,177 @@
+""" `awnet export`: the Hub repo folder (timm config.json, safetensors, model card) and its checks """
+import argparse
+import json
+import os
+import re
+
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+
+from awnet_timm.hub import HubReleaseError, export_checkpoint
+from awnet_timm.hub.cli import add_export_parser
+from hub_fixtures import TINY_AWNET, TINY_STATIC, eval_record, make_run, sha256
+
+
+def awnet(argv):
+    """The `awnet` parser as awnet_timm.cli builds it, reduced to the export subcommand."""
+    parser = argparse.ArgumentParser(prog='awnet')
+    add_export_parser(parser.add_subparsers(dest='command', required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    return make_run(str(tmp_path_factory.mktemp('runs') / 'awnet-mtard'), model_kwargs=TINY_AWNET)
+
+
+def test_export_writes_the_folder_timm_loads(tiny_run, tmp_path):
+    out = str(tmp_path / 'releases' / 'awnet_r18.mtard_cifar10')
+    result = export_checkpoint(tiny_run, out)
+    assert sorted(os.listdir(out)) == ['README.md', 'config.json', 'model.safetensors']
+    assert os.listdir(tmp_path / 'releases') == ['awnet_r18.mtard_cifar10']  # no temporary folder left behind
+    assert (result.repo_id, result.tag, result.dtype, result.evaluated) == \
+        ('awnet-timm/awnet_r18.mtard_cifar10', 'mtard_cifar10', 'float32', False)
+    assert result.sha256 == sha256(os.path.join(out, 'model.safetensors'))
+
+    config = json.load(open(os.path.join(out, 'config.json')))
+    assert config['architecture'] == 'awnet_r18' and config['num_classes'] == 10
+    assert {k: config['model_args'][k] for k in TINY_AWNET} == TINY_AWNET and config['model_args']['beta'] == 3.0
+    cfg = config['pretrained_cfg']
+    assert cfg['mean'] == [0, 0, 0] and cfg['std'] == [1, 1, 1]  # [0, 1] inputs: the model normalizes
+    assert cfg['input_size'] == [3, 32, 32] and cfg['tag'] == 'mtard_cifar10' and cfg['num_classes'] == 10
+    assert config['label_names'][:2] == ['airplane', 'automobile']
+    assert not {'hf_hub_id', 'file', 'url', 'source'} & set(cfg)
+
+    run_weights = load_file(os.path.join(tiny_run, 'best.safetensors'))
+    exported = load_file(os.path.join(out, 'model.safetensors'))
+    assert exported.keys() == run_weights.keys() and all(torch.equal(exported[k], run_weights[k]) for k in exported)
+    model = timm.create_model(f'local-dir:{out}', pretrained=True)
+    assert model.pretrained_cfg['tag'] == 'mtard_cifar10' and model.pretrained_cfg['label_names'][0] == 'airplane'
+    assert all(torch.equal(v, run_weights[k]) for k, v in model.state_dict().items())
+
+    # deterministic: exporting again writes the same bytes, which is what lets `awnet eval` precede the card
+    again = export_checkpoint(tiny_run, out, overwrite=True)
+    assert again.sha256 == result.sha256
+    assert os.listdir(tmp_path / 'releases') == ['awnet_r18.mtard_cifar10']
+
+
+def test_fp16_export_loads_into_the_float32_model(tiny_run, tmp_path):
+    fp32 = export_checkpoint(tiny_run, str(tmp_path / 'fp32'))
+    fp16 = export_checkpoint(tiny_run, str(tmp_path / 'fp16'), dtype='fp16')
+    assert fp16.dtype == 'float16' and fp16.sha256 != fp32.sha256
+    weights = load_file(str(tmp_path / 'fp16' / 'model.safetensors'))
+    assert {v.dtype for v in weights.values()} == {torch.float16, torch.int64}  # BN counters stay integers
+    assert os.path.getsize(tmp_path / 'fp16' / 'model.safetensors') < 0.6 * os.path.getsize(tmp_path / 'fp32' / 'model.safetensors')
+    model = timm.create_model(f'local-dir:{tmp_path / "fp16"}', pretrained=True)
+    for k, v in model.state_dict().items():
+        assert v.dtype in (torch.float32, torch.int64) and torch.equal(v, weights[k].to(v.dtype))
+
+
+def test_card_yaml_parses_and_its_numbers_are_the_records(tiny_run, tmp_path, capsys):
+    out = str(tmp_path / 'awnet_r18.mtard_cifar10')
+    assert awnet(['export', tiny_run, '--out', out]) == 0
+    path, record = eval_record(os.path.join(out, 'model.safetensors'), str(tmp_path / 'eval.json'))
+    assert awnet(['export', tiny_run, '--out', out, '--eval', path, '--overwrite']) == 0
+    printed = capsys.readouterr().out
+    assert 'model card with the evaluation record' in printed
+
+    # the record travels with the weights, naming the file in the repo instead of a local path
+    shipped = json.load(open(os.path.join(out, 'awnet_eval.json')))
+    assert shipped == dict(record, checkpoint='model.safetensors')
+    assert shipped['checkpoint_sha256'] == sha256(os.path.join(out, 'model.safetensors'))
+
+    card = ModelCard.load(os.path.join(out, 'README.md'))  # huggingface_hub's parser (YAML and model-index)
+    meta = card.data.to_dict()
+    assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0'
+    assert meta['pipeline_tag'] == 'image-classification'
+    assert {'timm', 'awnet_timm', 'image-classification'} <= set(meta['tags']) and 'transformers' not in meta['tags']
+    assert meta['datasets'] == ['uoft-cs/cifar10'] and meta['metrics'] == ['accuracy']
+    results = {r.metric_name: r for r in card.data.eval_results}
+    expected = {'Clean accuracy': record['clean_acc']}
+    for a in record['attacks']:
+        expected[f"Robust accuracy, {a['name']} (Linf, eps 8/255)"] = a['robust_acc']
+    expected['Robust accuracy, worst case over 8 attacks (Linf, eps 8/255)'] = record['worst_case']['robust_acc']
+    expected['W-Robust accuracy, worst case (Linf, eps 8/255)'] = record['worst_case']['w_robust_acc']
+    assert {name: r.metric_value for name, r in results.items()} == {k: round(100 * v, 4) for k, v in expected.items()}
+    assert {(r.task_type, r.dataset_type, r.dataset_split, r.metric_type) for r in results.values()} == \
+        {('image-classification', 'uoft-cs/cifar10', 'test', 'accuracy')}
+    assert card.data.model_name == 'awnet-timm/awnet_r18.mtard_cifar10'
+
+    text = card.text
+    rows = {m.group(1): m.group(0) for m in re.finditer(r'^\| `(\w+)` \|.*$', text, re.M)}
+    for a in record['attacks']:
+        cells = [c.strip() for c in rows[a['name']].split('|')[1:-1]]
+        assert cells[3:5] == [f"{100 * a['robust_acc']:.2f}", f"{100 * a['w_robust_acc']:.2f}"]
+    worst = next(line for line in text.splitlines() if line.startswith('| **worst case**'))
+    assert f"**{100 * record['worst_case']['robust_acc']:.2f}**" in worst
+    assert f"**{100 * record['worst_case']['w_robust_acc']:.2f}**" in worst
+    assert f"Clean accuracy: {100 * record['clean_acc']:.2f} %" in text
+    assert record['checkpoint_sha256'] in text
+    assert 'import awnet_timm' in text and "timm.create_model('hf-hub:awnet-timm/awnet_r18.mtard_cifar10'" in text
+    assert "timm.create_model('awnet_r18.mtard_cifar10', pretrained=True)" in text  # the registry cfg points here
+    assert 'JPEG copy of CIFAR-10' in text and 'NOT bit-exact' in text  # the training data says what it was
+    assert '`cifar_resnet56`' in text and '`cifar_wrn34_10`' in text  # MTARD's teachers
+    assert '/runs/' not in text and '/data/shared' not in text  # no local paths
+    assert "The paper's numbers (not this checkpoint)" in text and '44.56' in text
+    assert '| 90.30 | 43.60 | 42.10 | 66.20 |' in printed  # the MODEL_CARD.md row carries the same numbers
+
+
+def test_export_refuses_a_record_of_another_file(tiny_run, tmp_path):
+    out = tmp_path / 'export'
+    export_checkpoint(tiny_run, str(out))
+    before = sha256(str(out / 'README.md'))
+    path, _ = eval_record(os.path.join(tiny_run, 'last.safetensors'), str(tmp_path / 'other.json'),
+                          checkpoint_sha256='ab' * 32)
+    with pytest.raises(HubReleaseError, match='made on a file with sha256 abab.*run `awnet eval` on the exported file'):
+        export_checkpoint(tiny_run, str(out), eval_record=path, overwrite=True)
+    assert sha256(str(out / 'README.md')) == before and sorted(os.listdir(tmp_path)) == ['export', 'other.json']
+    # an fp16 export is a different file: the record of the fp32 weights does not describe it
+    fp32_record, _ = eval_record(str(out / 'model.safetensors'), str(tmp_path / 'fp32.json'))
+    with pytest.raises(HubReleaseError, match='for --dtype fp16 that is the float16 file'):
+        export_checkpoint(tiny_run, str(tmp_path / 'fp16'), eval_record=fp32_record, dtype='fp16')
+    assert not (tmp_path / 'fp16').exists()
+    static = make_run(str(tmp_path / 'static-run'), model='cifar_resnet18', model_kwargs=TINY_STATIC)
+    with pytest.raises(HubReleaseError, match="record is of model 'awnet_r18', the export is 'cifar_resnet18'"):
+        export_checkpoint(static, str(tmp_path / 'static'), eval_record=fp32_record)
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(clean_acc=90.3), "'clean_acc' = 90.3 is not a fraction in \\[0, 1\\]"),
+    (dict(awnet_eval_version=2), 'awnet_eval_version 2 is not supported'),
+    (dict(worst_case={'robust_acc': 0.4}), "worst_case: missing field 'w_robust_acc'"),
+    (dict(checkpoint_sha256='not-a-sha'), 'checkpoint_sha256 should be 64 lowercase hex digits'),
+])
+def test_export_cli_reports_a_malformed_record(tiny_run, tmp_path, capsys, change, message):
+    path, _ = eval_record(os.path.join(tiny_run, 'best.safetensors'), str(tmp_path / 'eval.json'), **change)
+    assert awnet(['export', tiny_run, '--out', str(tmp_path / 'x'), '--eval', path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('awnet export: error: evaluation record') and re.search(message, err)
+    assert not (tmp_path / 'x').exists()
+
+
+def test_export_cli_errors_and_help(tiny_run, tmp_path, capsys):
+    assert awnet(['export', str(tmp_path / 'nowhere')]) == 2
+    assert "checkpoint '" in capsys.readouterr().err
+    assert awnet(['export', tiny_run, '--out', str(tmp_path / 'x')]) == 0
+    assert awnet(['export', tiny_run, '--out', str(tmp_path / 'x')]) == 2
+    assert 'already exists: pass --overwrite' in capsys.readouterr().err
+    lone = tmp_path / 'lone'
+    lone.mkdir()
+    (lone / 'best.safetensors').write_bytes(open(os.path.join(tiny_run, 'best.safetensors'), 'rb').read())
+    assert awnet(['export', str(lone / 'best.safetensors')]) == 2
+    assert 'no config.json beside the weights' in capsys.readouterr().err
+    imagefolder = make_run(str(tmp_path / 'digits-run'), model_kwargs=TINY_AWNET, recipe='pgd_at', dataset='imagefolder')
+    assert awnet(['export', imagefolder, '--out', str(tmp_path / 'y')]) == 2
+    assert "no default tag for dataset 'imagefolder': pass --tag" in capsys.readouterr().err
+    assert awnet(['export', imagefolder, '--out', str(tmp_path / 'y'), '--tag', 'pgd_at_digits', '--weights', 'last']) == 0
+    config = json.load(open(tmp_path / 'y' / 'config.json'))
+    assert 'label_names' not in config and 'label_names' not in config['pretrained_cfg']  # not CIFAR-10's classes
+    with pytest.raises(SystemExit):
+        awnet(['export', '--help'])
+    help_text = capsys.readouterr().out
+    for option in ('--eval', '--dtype', '--weights', '--tag', '--repo-id', '--overwrite', 'awnet eval'):
+        assert option in help_text
