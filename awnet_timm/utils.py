@@ -1,9 +1,10 @@
 """Small file helpers shared by training, evaluation and Hub export."""
+import hashlib
 import os
 import tempfile
 from typing import Callable
 
-__all__ = ['atomic_write', 'atomic_write_text']
+__all__ = ['atomic_write', 'atomic_write_text', 'sha256_file']
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -29,3 +30,12 @@ def atomic_write_text(path: str, text: str) -> None:
         with open(tmp, 'w') as f:
             f.write(text)
     atomic_write(path, write)
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's bytes (what model cards and evaluation records pin)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()

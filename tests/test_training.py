@@ -261,3 +261,13 @@ def test_awnet_student_gets_the_configured_beta(digits, tmp_path):
     run = train(cfg)
     model = create_model_with_weights('awnet_r18', run.run_dir)
     assert isinstance(model, AWNet) and model.num_classes == 10 and model.router.beta == 2.0
+
+
+def test_weights_from_a_local_dir_export(tmp_path):
+    from timm.models import save_for_hf
+    model = timm.create_model('cifar_resnet18', **TINY).eval()
+    save_for_hf(model, str(tmp_path), model_args=TINY, safe_serialization=True)
+    loaded = create_model_with_weights(f'local-dir:{tmp_path}').eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

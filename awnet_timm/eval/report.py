@@ -3,26 +3,17 @@
 The record is what model cards and MODEL_CARD.md read. Accuracies are fractions in [0, 1]; the
 `model_info` block follows RobustBench (percent strings with two decimals, eps as "8/255").
 """
-import hashlib
 import json
 import os
 import platform
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..utils import atomic_write, atomic_write_text
+from ..utils import atomic_write, atomic_write_text, sha256_file
 
 __all__ = ['REPORT_VERSION', 'build_record', 'write_report', 'markdown_table', 'plot_eps_curve', 'plot_tradeoff',
            'sha256_file', 'eps_string']
 
 REPORT_VERSION = 1
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def eps_string(eps: float) -> str:

@@ -12,7 +12,6 @@ failed export never leaves a half-written folder. The export is deterministic: e
 again gives a byte-identical `model.safetensors`, which is what lets `awnet eval` run on the exported
 file before the card is written (export, evaluate that file, export again with the record).
 """
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from ..models.awnet import HUB_ORG
 from ..training import TrainConfig, create_model_with_weights, load_run_config
 from ..training.checkpoint import CheckpointError
 from .card import CardInfo, check_eval_record, load_eval_record, model_card, zoo_row
+from ..utils import sha256_file
 from .errors import HubReleaseError
 
 __all__ = ['ExportResult', 'export_checkpoint', 'default_tag', 'sha256_file', 'RELEASE_FILES', 'DTYPES']
@@ -50,14 +50,6 @@ class ExportResult:
     params: int
     evaluated: bool
     zoo_row: str
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_tag(cfg: TrainConfig) -> str:

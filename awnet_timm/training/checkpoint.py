@@ -82,14 +82,14 @@ def create_model_with_weights(
 ) -> nn.Module:
     """ A timm model with weights from a file, a run directory, or the model's own pretrained source.
 
-    `name` is a timm name, `name.tag` or `hf-hub:org/repo`. With `weights` the file is read here (safetensors
+    `name` is a timm name, `name.tag`, `hf-hub:org/repo` or `local-dir:folder`. With `weights` the file is read here (safetensors
     only) and handed to timm's loader, which swaps the classifier when `num_classes` differs from the
     checkpoint's and adapts the stem to `in_chans`; weights from a run directory of `awnet train` build the
     model with that run's `model_kwargs`. Without `weights`, a tagged or Hub name loads timm's
     pretrained weights and a bare name gives a randomly initialised model.
     """
     if not weights:
-        pretrained = name.startswith('hf-hub:') or '.' in name
+        pretrained = name.startswith(('hf-hub:', 'local-dir:')) or '.' in name
         if num_classes is not None:
             kwargs['num_classes'] = num_classes
         return timm.create_model(name, pretrained=pretrained, **kwargs)
