@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Sequence
 from .training import TrainConfig, load_run_config, train
 from .training.config import ConfigError
 from .training.checkpoint import CheckpointError
+from .utils import eps_string, number_arg
 
 __all__ = ['main', 'build_parser', 'FINETUNE_DEFAULTS']
 
@@ -34,17 +35,6 @@ def _arg_type(annotation):
     return annotation
 
 
-def _number(text: str) -> float:
-    """A float, also written as a fraction: --eps 8/255."""
-    try:
-        if '/' in text:
-            num, den = text.split('/')
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f'expected a number such as 0.03 or 8/255, got {text!r}')
-
-
 def _json_dict(text: str) -> Dict[str, Any]:
     try:
         value = json.loads(text)
@@ -60,8 +50,7 @@ def _add_config_options(parser: argparse.ArgumentParser, defaults: Dict[str, Any
     for f in dataclasses.fields(TrainConfig):
         kind = _arg_type(hints[f.name])
         default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        shown = f'{round(default * 255)}/255' if kind is float and default is not None and 0 < default < 1 and abs(default * 255 - round(default * 255)) < 1e-9 \
-            else repr(default)
+        shown = eps_string(default) if f.name in ('eps', 'attack_step') else repr(default)
         help_text = f"{f.metadata['help']} (default: {shown})".replace('%', '%%')
         flag = '--' + f.name.replace('_', '-')
         if kind is bool:
@@ -71,7 +60,7 @@ def _add_config_options(parser: argparse.ArgumentParser, defaults: Dict[str, Any
         elif isinstance(kind, tuple):
             parser.add_argument(flag, type=kind[1], nargs='+', default=argparse.SUPPRESS, metavar='N', help=help_text)
         elif kind is float:
-            parser.add_argument(flag, type=_number, default=argparse.SUPPRESS, metavar='FLOAT', help=help_text)
+            parser.add_argument(flag, type=number_arg, default=argparse.SUPPRESS, metavar='FLOAT', help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=kind.__name__.upper(), help=help_text)
 

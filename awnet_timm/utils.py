@@ -1,10 +1,11 @@
-"""Small file helpers shared by training, evaluation and Hub export."""
+"""Small helpers shared by training, evaluation, Hub export and the CLI: atomic files, hashes, eps as text."""
+import argparse
 import hashlib
 import os
 import tempfile
 from typing import Callable
 
-__all__ = ['atomic_write', 'atomic_write_text', 'sha256_file']
+__all__ = ['atomic_write', 'atomic_write_text', 'sha256_file', 'eps_string', 'number_arg']
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -39,3 +40,18 @@ def sha256_file(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b''):
             h.update(block)
     return h.hexdigest()
+
+
+def eps_string(eps: float) -> str:
+    """8/255 for multiples of 1/255, else the number."""
+    k = eps * 255
+    return f'{round(k)}/255' if abs(k - round(k)) < 1e-6 else f'{eps:g}'
+
+
+def number_arg(text: str) -> float:
+    """argparse type: a float, also written as a fraction (--eps 8/255)."""
+    try:
+        num, _, den = text.partition('/')
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f'expected a number such as 0.03 or 8/255, got {text!r}')

@@ -92,7 +92,6 @@ def point_hub_at(monkeypatch, endpoint: Optional[str], cache: str, offline: bool
     monkeypatch.setattr(hf_constants, 'AGENT_HARNESSES_PATH', os.path.join(cache, '.agent_harnesses.json'))
 
 
-
 def find_olah_cli() -> str:
     """olah-cli of $AWNET_OLAH_CLI or <repo>/.venv-olah; missing, the test fails (skips only with AWNET_SKIP_MIRROR_TESTS=1)."""
     path = os.environ.get('AWNET_OLAH_CLI') or os.path.join(REPO_ROOT, '.venv-olah', 'bin', 'olah-cli')
@@ -164,7 +163,6 @@ class OlahMirror:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
-
 
 
 def git_blob_sha1(data: bytes) -> str:

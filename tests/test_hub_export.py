@@ -1,5 +1,4 @@
 """ `awnet export`: the Hub repo folder (timm config.json, safetensors, model card) and its checks """
-import argparse
 import json
 import os
 import re
@@ -10,17 +9,9 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+from awnet_timm.cli import main as awnet
 from awnet_timm.hub import HubReleaseError, export_checkpoint
-from awnet_timm.hub.cli import add_export_parser
 from hub_fixtures import TINY_AWNET, TINY_STATIC, eval_record, make_run, sha256
-
-
-def awnet(argv):
-    """The `awnet` parser as awnet_timm.cli builds it, reduced to the export subcommand."""
-    parser = argparse.ArgumentParser(prog='awnet')
-    add_export_parser(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 @pytest.fixture(scope='module')

@@ -1,5 +1,4 @@
 """ `awnet publish`: create the repo and commit through huggingface_hub, against an endpoint speaking the Hub's API """
-import argparse
 import json
 import os
 
@@ -9,20 +8,12 @@ import torch
 from huggingface_hub import HfApi, constants as hf_constants, hf_hub_download
 from safetensors.torch import load_file
 
+from awnet_timm.cli import main as awnet
 from awnet_timm.hub import export_checkpoint
-from awnet_timm.hub.cli import add_publish_parser
 from hub_fixtures import TINY_AWNET, HubUploadServer, eval_record, make_run, point_hub_at, sha256
 
 TOKEN = 'hf_awnet_test_token'
 REPO = 'awnet-test/awnet_r18.mtard_cifar10'
-
-
-def awnet(argv):
-    """The `awnet` parser as awnet_timm.cli builds it, reduced to the publish subcommand."""
-    parser = argparse.ArgumentParser(prog='awnet')
-    add_publish_parser(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 @pytest.fixture(scope='module')
@@ -115,6 +106,9 @@ def test_publish_refusals_say_why(release, tmp_path, capsys, monkeypatch, no_sto
         (folder / 'awnet_eval.json').write_text(json.dumps(dict(record, checkpoint_sha256='cd' * 32)))
         assert awnet(['publish', str(folder), '--dry-run']) == 2
         assert "was made on a file with sha256 cdcd" in capsys.readouterr().err
+        (folder / 'awnet_eval.json').write_text(json.dumps(dict(record, clean_acc=90.3)))  # checked as export checks it
+        assert awnet(['publish', str(folder), '--dry-run']) == 2
+        assert "'clean_acc' = 90.3 is not a fraction" in capsys.readouterr().err
         (folder / 'awnet_eval.json').unlink()
         assert awnet(['publish', str(folder), '--dry-run']) == 2
         assert 'has no awnet_eval.json' in capsys.readouterr().err

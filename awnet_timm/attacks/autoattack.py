@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .pgd import eval_mode
+
 __all__ = ['AutoAttack']
 
 
@@ -75,22 +77,19 @@ class AutoAttack:
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack import AutoAttack as _AutoAttack
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
         logger = logging.getLogger('auto-attack')
         level, collect = logger.level, _Collect()
         logger.setLevel(logging.DEBUG if self.verbose else logging.WARNING)
         logger.addHandler(collect)
         try:
-            aa = _AutoAttack(_Logits(self.model), attacks=self.attacks, device=x.device, eps=self.eps, norm=self.norm,
-                             seed=self.seed, version=self.version)
-            if self.square_queries is not None:
-                aa.square.n_queries = self.square_queries
-            x_adv, _ = aa.run_standard_evaluation(x.detach(), y, batch_size=self.batch_size)
+            with eval_mode(self.model):
+                aa = _AutoAttack(_Logits(self.model), attacks=self.attacks, device=x.device, eps=self.eps,
+                                 norm=self.norm, seed=self.seed, version=self.version)
+                if self.square_queries is not None:
+                    aa.square.n_queries = self.square_queries
+                x_adv, _ = aa.run_standard_evaluation(x.detach(), y, batch_size=self.batch_size)
         finally:
             logger.removeHandler(collect)
             logger.setLevel(level)
-            for m, training in modes:
-                m.training = training
         self.check_warnings += collect.messages
         return x_adv.detach()

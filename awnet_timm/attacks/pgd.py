@@ -14,8 +14,8 @@ Attacks know nothing about reporting: `perturb(x, y)` returns the adversarial ba
 in eval mode during the attack (each submodule's mode is restored after) and its parameters get no gradients.
 An AW-Net is attacked in the route given by `route` ('auto', 'adv', ...; None keeps its own).
 """
-from contextlib import nullcontext
-from typing import Any, Optional
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -23,10 +23,22 @@ import torch.nn.functional as F
 
 from ..models import AWNet, use_route
 
-__all__ = ['LinfPGD', 'FGSM', 'ATTACK_LOSSES', 'RANDOM_STARTS', 'attack_loss']
+__all__ = ['LinfPGD', 'FGSM', 'ATTACK_LOSSES', 'RANDOM_STARTS', 'attack_loss', 'eval_mode']
 
 ATTACK_LOSSES = ('ce', 'kl', 'cw')
 RANDOM_STARTS = ('uniform', 'normal', 'none')
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode, then each submodule back in its own mode (frozen parts may be in eval)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, clean_probs: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -103,14 +115,8 @@ class LinfPGD:
             lo, hi = torch.aminmax(x.detach())
             if lo < 0 or hi > 1:
                 raise ValueError(f'attacks take pixels in [0, 1], got values in [{lo.item():.3g}, {hi.item():.3g}]')
-        modes = [(m, m.training) for m in self.model.modules()]  # per module: parts may be frozen in eval
-        self.model.eval()
-        try:
-            with use_route(self.model, self.route) if self.route is not None else nullcontext():
-                return self._run(x.detach(), y)
-        finally:
-            for m, training in modes:
-                m.training = training
+        with eval_mode(self.model), use_route(self.model, self.route) if self.route is not None else nullcontext():
+            return self._run(x.detach(), y)
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> Any:
         """Per-batch context for the objective (the clean prediction for 'kl')."""

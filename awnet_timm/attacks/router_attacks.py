@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import AWNet
-from .pgd import LinfPGD, attack_loss
+from .pgd import LinfPGD, attack_loss, eval_mode
 
 __all__ = ['ForcedRoutePGD', 'TwoPhaseAttack', 'SignalMatchPGD', 'JointLossPGD', 'MixedSurrogateAttack']
 
@@ -139,13 +139,8 @@ class MixedSurrogateAttack:
 
     @torch.no_grad()
     def _fooled(self, x, y):
-        modes = [(m, m.training) for m in self.target.modules()]
-        self.target.eval()
-        try:
+        with eval_mode(self.target):
             return self.target(x).argmax(1) != y
-        finally:
-            for m, training in modes:
-                m.training = training
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out, done = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)

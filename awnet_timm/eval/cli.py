@@ -8,23 +8,15 @@ from typing import Any, Dict, Tuple
 import torch
 
 from ..data import load_dataset
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, number_arg, sha256_file
 from .filters import conv_layers, filter_means, plot_filter_means, summarize
 from .harness import evaluate_robustness
-from .report import build_record, markdown_table, plot_eps_curve, plot_tradeoff, sha256_file, write_report
+from .report import build_record, markdown_table, plot_eps_curve, plot_tradeoff, write_report
 from .suite import GROUPS, build_suite
 
 __all__ = ['add_eval_parser', 'add_plot_parser', 'add_filters_parser', 'load_eval_data', 'load_model']
 
 _DEFAULT_SPLIT = {'cifar10-offline': 'test-exact', 'cifar10': 'test', 'cifar100': 'test', 'imagefolder': 'val'}
-
-
-def _number(text: str) -> float:
-    try:
-        num, _, den = text.partition('/')
-        return float(num) / float(den) if den else float(num)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f'expected a number such as 0.03 or 8/255, got {text!r}')
 
 
 def load_eval_data(dataset: str, data_dir: str, split: str, n: int) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
@@ -95,9 +87,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--n', type=int, default=1000, help='evaluate the first N images in official order (default: %(default)s)')
     p.add_argument('--attacks', nargs='+', default=['paper', 'router'], metavar='NAME',
                    help=f'attacks or groups (default: paper router; router attacks apply to AW-Nets only). Groups: {groups}')
-    p.add_argument('--eps', type=_number, default=8 / 255, help='L-inf radius in pixel units (default: 8/255)')
+    p.add_argument('--eps', type=number_arg, default=8 / 255, help='L-inf radius in pixel units (default: 8/255)')
     p.add_argument('--random-start', default='uniform', choices=('uniform', 'none'), help='PGD start (default: %(default)s)')
-    p.add_argument('--cw-step', type=_number, default=0.003, help='step size of CW-inf (default: %(default)s)')
+    p.add_argument('--cw-step', type=number_arg, default=0.003, help='step size of CW-inf (default: %(default)s)')
     p.add_argument('--router-steps', type=int, default=50, help='steps of the router-aware PGD attacks (default: %(default)s)')
     p.add_argument('--square-queries', type=int, default=5000, help='queries of the Square attack (default: %(default)s)')
     p.add_argument('--aa-version', default='standard', choices=('standard', 'plus'), help='AutoAttack version (default: %(default)s)')

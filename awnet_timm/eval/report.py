@@ -8,18 +8,11 @@ import os
 import platform
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..utils import atomic_write, atomic_write_text, sha256_file
+from ..utils import atomic_write, atomic_write_text, eps_string
 
-__all__ = ['REPORT_VERSION', 'build_record', 'write_report', 'markdown_table', 'plot_eps_curve', 'plot_tradeoff',
-           'sha256_file', 'eps_string']
+__all__ = ['REPORT_VERSION', 'build_record', 'write_report', 'markdown_table', 'plot_eps_curve', 'plot_tradeoff']
 
 REPORT_VERSION = 1
-
-
-def eps_string(eps: float) -> str:
-    """8/255 for multiples of 1/255, else the number."""
-    k = eps * 255
-    return f'{round(k)}/255' if abs(k - round(k)) < 1e-6 else f'{eps:g}'
 
 
 def _versions() -> Dict[str, str]:

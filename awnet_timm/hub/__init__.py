@@ -1,10 +1,10 @@
 """Hub I/O: export a training run as a Hub repo folder, write its model card, publish it with huggingface_hub."""
 from .card import CardInfo, check_eval_record, load_eval_record, model_card, zoo_row
 from .errors import HubReleaseError
-from .export import ExportResult, export_checkpoint, sha256_file
+from .export import ExportResult, export_checkpoint
 from .publish import PublishResult, check_release_folder, publish_folder
 
 __all__ = [
     'CardInfo', 'check_eval_record', 'load_eval_record', 'model_card', 'zoo_row', 'HubReleaseError', 'ExportResult',
-    'export_checkpoint', 'sha256_file', 'PublishResult', 'check_release_folder', 'publish_folder',
+    'export_checkpoint', 'PublishResult', 'check_release_folder', 'publish_folder',
 ]

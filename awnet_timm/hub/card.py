@@ -18,9 +18,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from huggingface_hub import EvalResult, ModelCardData
 
 from ..training import TrainConfig
+from ..utils import eps_string
 from .errors import HubReleaseError
 
-__all__ = ['CardInfo', 'load_eval_record', 'check_eval_record', 'model_card', 'zoo_row', 'pct']
+__all__ = ['CardInfo', 'load_eval_record', 'check_eval_record', 'model_card', 'zoo_row', 'pct', 'architecture_of', 'TASKS']
 
 EVAL_VERSION = 1
 
@@ -44,7 +45,9 @@ _RECIPES = {
     'standard': 'standard (clean) training',
 }
 
-_HUB_DATASETS = {'cifar10': 'uoft-cs/cifar10', 'cifar10-offline': 'uoft-cs/cifar10', 'cifar100': 'uoft-cs/cifar100'}
+# the task a dataset option trains for (the JPEG copy of CIFAR-10 is still CIFAR-10's task), and its Hub dataset
+TASKS = {'cifar10': 'cifar10', 'cifar10-offline': 'cifar10', 'cifar100': 'cifar100'}
+_HUB_DATASETS = {k: f'uoft-cs/{v}' for k, v in TASKS.items()}
 
 JPEG_COPY = ('the JPEG copy of CIFAR-10 (the public "CIFAR-10 raw jpeg images", re-encoded at JPEG quality 75, '
              'about 30 dB PSNR against the originals; official order and labels): NOT bit-exact CIFAR-10')
@@ -178,10 +181,14 @@ def load_eval_record(path: str) -> Dict[str, Any]:
     return record
 
 
+def architecture_of(model: str) -> str:
+    """The architecture of a model name: awnet_r18 of awnet_r18, awnet_r18.tag and hf-hub:org/awnet_r18.tag."""
+    return model.split(':')[-1].split('/')[-1].split('.')[0]
+
+
 def check_eval_record(record: Dict[str, Any], architecture: str, sha256: str, weights_path: str) -> None:
     """Refuse a record made on another architecture or on another file than `weights_path` (sha256 `sha256`)."""
-    evaluated = record['model'].split(':')[-1].split('/')[-1].split('.')[0]
-    if evaluated != architecture:
+    if architecture_of(record['model']) != architecture:
         raise HubReleaseError(f"the evaluation record is of model '{record['model']}', the export is '{architecture}'")
     if record['checkpoint_sha256'] != sha256:
         raise HubReleaseError(
@@ -194,10 +201,7 @@ def check_eval_record(record: Dict[str, Any], architecture: str, sha256: str, we
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        k = value * 255
-        if 0 < value < 1 and abs(k - round(k)) < 1e-6:
-            return f'{round(k)}/255'
-        return f'{value:g}'
+        return eps_string(value) if 0 < value < 1 else f'{value:g}'  # 8/255, not 0.0313725
     if isinstance(value, (list, tuple)):
         return '(' + ', '.join(_fmt(v) for v in value) + ')'
     return str(value)
@@ -224,10 +228,8 @@ def _training_data(cfg: TrainConfig) -> str:
     n = f'{cfg.train_size} images of ' if cfg.train_size else ''
     if cfg.dataset == 'cifar10-offline':
         text = f'{n}the CIFAR-10 training set, as {JPEG_COPY}'
-    elif cfg.dataset == 'cifar10':
-        text = f'{n}the CIFAR-10 training set (torchvision download, official pixels)'
-    elif cfg.dataset == 'cifar100':
-        text = f'{n}the CIFAR-100 training set (torchvision download, official pixels)'
+    elif cfg.dataset in ('cifar10', 'cifar100'):
+        text = f'{n}the {_data_name(cfg)} training set (torchvision download, official pixels)'
     else:
         text = f"{n}the '{cfg.train_split}' split of the ImageFolder dataset '{_base(cfg.data_dir)}'"
     aug = []
@@ -331,10 +333,9 @@ def _eval_section(record: Dict[str, Any], info: CardInfo) -> List[str]:
     for a in record['attacks']:
         r = a['router']
         settings = _cell(', '.join(f'{k}={_fmt(v)}' for k, v in a['params'].items()) or '-')
+        router = f"{r['p_clean_adv_mean']:.3f} | {r['detection_auc']:.4f}" if r else '- | -'
         out.append(f"| `{a['name']}` | {a['kind']} | {settings} | {pct(a['robust_acc'])} | {pct(a['w_robust_acc'])} | "
-                   f"{r['p_clean_adv_mean']:.3f} | {r['detection_auc']:.4f} | " if r else
-                   f"| `{a['name']}` | {a['kind']} | {settings} | {pct(a['robust_acc'])} | {pct(a['w_robust_acc'])} | - | - | ")
-        out[-1] += f"{a['seconds']:.0f} |"
+                   f"{router} | {a['seconds']:.0f} |")
     worst = record['worst_case']
     out.append(f"| **worst case** | per-sample minimum | {len(worst['attacks'])} attacks: "
                f"{', '.join(worst['attacks'])} | **{pct(worst['robust_acc'])}** | **{pct(worst['w_robust_acc'])}** | - | - | - |")
@@ -365,7 +366,7 @@ def _paper_section(architecture: str) -> List[str]:
 
 
 def _card_data(cfg: TrainConfig, info: CardInfo, record: Optional[Dict[str, Any]]) -> ModelCardData:
-    datasets = [d for d in {_HUB_DATASETS.get(cfg.dataset)} if d]
+    datasets = [_HUB_DATASETS[cfg.dataset]] if cfg.dataset in _HUB_DATASETS else []
     results = []
     if record is not None:
         data = record['data']

@@ -1,16 +1,10 @@
 """ `awnet export` and `awnet publish`: the subcommands of the Hub release tools
 
 `awnet_timm.cli` adds them to its parser with `add_export_parser(sub)` / `add_publish_parser(sub)`; each
-sets `func`, a callable taking the parsed arguments and returning the exit code (0, or 2 with the error
-on stderr).
+sets `func`, a callable taking the parsed arguments and returning the exit code. Errors (HubReleaseError is a
+ValueError) are reported by `awnet_timm.cli.main`, as for every subcommand.
 """
 import argparse
-import sys
-from typing import Callable
-
-from huggingface_hub.errors import HfHubHTTPError
-
-from .errors import HubReleaseError
 
 __all__ = ['add_export_parser', 'add_publish_parser', 'run_export', 'run_publish']
 
@@ -37,18 +31,6 @@ awnet_eval.json was made on its model.safetensors (same sha256).
   awnet publish hub/releases/awnet_r18.mtard_cifar10 --dry-run     # checks, lists the files, no upload
   awnet publish hub/releases/awnet_r18.mtard_cifar10 --public
 """
-
-
-def _report_errors(command: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def func(args: argparse.Namespace) -> int:
-        from ..training.checkpoint import CheckpointError
-        from ..training.config import ConfigError
-        try:
-            return run(args)
-        except (HubReleaseError, CheckpointError, ConfigError, HfHubHTTPError, FileNotFoundError) as e:
-            print(f'awnet {command}: error: {e}', file=sys.stderr)
-            return 2
-    return func
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -106,7 +88,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument('--repo-id', default=None, metavar='ORG/NAME',
                    help='Hub repo the card names (default: awnet-timm/<architecture>.<tag>)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
-    p.set_defaults(func=_report_errors('export', run_export))
+    p.set_defaults(func=run_export)
     return p
 
 
@@ -130,5 +112,5 @@ def add_publish_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument('--dry-run', action='store_true', help='check the folder and list what would be uploaded; no HTTP')
     p.add_argument('--allow-unevaluated', action='store_true',
                    help='publish a folder without awnet_eval.json (its card then has no robustness numbers)')
-    p.set_defaults(func=_report_errors('publish', run_publish))
+    p.set_defaults(func=run_publish)
     return p

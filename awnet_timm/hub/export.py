@@ -28,15 +28,14 @@ from timm.models import save_for_hf
 from ..models.awnet import HUB_ORG
 from ..training import TrainConfig, create_model_with_weights, load_run_config
 from ..training.checkpoint import CheckpointError
-from .card import CardInfo, check_eval_record, load_eval_record, model_card, zoo_row
 from ..utils import sha256_file
+from .card import TASKS, CardInfo, architecture_of, check_eval_record, load_eval_record, model_card, zoo_row
 from .errors import HubReleaseError
 
-__all__ = ['ExportResult', 'export_checkpoint', 'default_tag', 'sha256_file', 'RELEASE_FILES', 'DTYPES']
+__all__ = ['ExportResult', 'export_checkpoint', 'default_tag', 'RELEASE_FILES', 'DTYPES']
 
 RELEASE_FILES = ('model.safetensors', 'config.json', 'README.md', 'awnet_eval.json')
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
-_DATASET_TAGS = {'cifar10': 'cifar10', 'cifar10-offline': 'cifar10', 'cifar100': 'cifar100'}
 
 
 @dataclass
@@ -54,9 +53,9 @@ class ExportResult:
 
 def default_tag(cfg: TrainConfig) -> str:
     """`<recipe>_<dataset>`, e.g. mtard_cifar10 (the JPEG copy of CIFAR-10 is still CIFAR-10's task)."""
-    if cfg.dataset not in _DATASET_TAGS:
+    if cfg.dataset not in TASKS:
         raise HubReleaseError(f"no default tag for dataset '{cfg.dataset}': pass --tag (e.g. {cfg.recipe}_<dataset>)")
-    return f'{cfg.recipe}_{_DATASET_TAGS[cfg.dataset]}'
+    return f'{cfg.recipe}_{TASKS[cfg.dataset]}'
 
 
 def _find_run(checkpoint: str, weights: str):
@@ -160,7 +159,7 @@ def export_checkpoint(
     run_dir, weights_path = _find_run(checkpoint, weights)
     record = load_eval_record(eval_record) if eval_record else None  # fail early on a malformed record
     cfg = load_run_config(run_dir)
-    architecture = cfg.model.split(':')[-1].split('.')[0]
+    architecture = architecture_of(cfg.model)
     tag = tag or default_tag(cfg)
     if not tag.replace('_', '').replace('-', '').isalnum():
         raise HubReleaseError(f"tag '{tag}' must be letters, digits, '_' and '-' (it becomes part of the repo name)")

@@ -18,8 +18,10 @@ from huggingface_hub.errors import HFValidationError, HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 
 from ..models.awnet import HUB_ORG
+from ..utils import sha256_file
+from .card import check_eval_record, load_eval_record
 from .errors import HubReleaseError
-from .export import RELEASE_FILES, sha256_file
+from .export import RELEASE_FILES
 
 __all__ = ['PublishResult', 'check_release_folder', 'publish_folder']
 
@@ -42,7 +44,8 @@ def check_release_folder(folder: str, allow_unevaluated: bool = False) -> List[T
     """ The release files of an export folder as (name, bytes, sha256), after checking it is publishable.
 
     Raises HubReleaseError when a file is missing, the folder does not load with timm, the card's YAML does
-    not parse, or the evaluation record is of another file (or absent, unless `allow_unevaluated`).
+    not parse, or the evaluation record is malformed, of another architecture or of another file (or absent,
+    unless `allow_unevaluated`).
     """
     if not os.path.isdir(folder):
         raise HubReleaseError(f"'{folder}' is not a folder: give an export folder written by `awnet export`")
@@ -69,15 +72,10 @@ def check_release_folder(folder: str, allow_unevaluated: bool = False) -> List[T
         raise HubReleaseError(f"the model card '{folder}/README.md' does not say library_name: timm")
     files = [(name, os.path.getsize(os.path.join(folder, name)), sha256_file(os.path.join(folder, name)))
              for name in RELEASE_FILES if os.path.isfile(os.path.join(folder, name))]
-    weights_sha = files[0][2]
     record_path = os.path.join(folder, 'awnet_eval.json')
-    if os.path.isfile(record_path):
-        with open(record_path) as f:
-            evaluated = json.load(f).get('checkpoint_sha256')
-        if evaluated != weights_sha:
-            raise HubReleaseError(f"'{record_path}' was made on a file with sha256 {evaluated}, not on this "
-                                  f"model.safetensors ({weights_sha}): the card's numbers are not of these weights. "
-                                  f"Export again with --eval and a record of this file.")
+    if os.path.isfile(record_path):  # the same checks as `awnet export --eval`: the card's numbers are of these weights
+        weights_sha = files[0][2]  # RELEASE_FILES[0], model.safetensors
+        check_eval_record(load_eval_record(record_path), arch, weights_sha, os.path.join(folder, 'model.safetensors'))
     elif not allow_unevaluated:
         raise HubReleaseError(f"'{folder}' has no awnet_eval.json, so its card has no robustness numbers: run `awnet eval` "
                               f"on its model.safetensors and export again with --eval (or pass --allow-unevaluated)")

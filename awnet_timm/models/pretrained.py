@@ -110,19 +110,17 @@ def _hub_location(cfg: PretrainedCfg) -> Tuple[str, Optional[str]]:
     return repo, revision or None
 
 
-def _weights_path(cfg: PretrainedCfg, cache_dir: Optional[str]) -> str:
-    """The file timm read (for a corrupt-file message)."""
+def _weights_path(cfg: PretrainedCfg, cache_dir: Optional[str]) -> Tuple[str, bool]:
+    """The file timm read (for a corrupt-file message), and whether it is the Hugging Face cache's copy."""
     if cfg.source == 'local-dir' and cfg.file:
-        return os.path.join(cfg.file, 'model.safetensors')
+        return os.path.join(cfg.file, 'model.safetensors'), False
     if cfg.state_dict is None and cfg.file and cfg.source != 'hf-hub':
-        return cfg.file
+        return cfg.file, False
     if cfg.hf_hub_id:
         repo, revision = _hub_location(cfg)
         cached = try_to_load_from_cache(repo, cfg.hf_hub_filename or 'model.safetensors', cache_dir=cache_dir, revision=revision)
-        if isinstance(cached, str):
-            return cached
-        return f'the Hugging Face cache copy of {repo}/model.safetensors'
-    return 'the weights file'
+        return (cached if isinstance(cached, str) else f'the Hugging Face cache copy of {repo}/model.safetensors'), True
+    return 'the weights file', False
 
 
 def _cache_dir(cache_dir: Optional[str]) -> str:
@@ -166,8 +164,7 @@ def explain_load_errors(name: str, cfg: PretrainedCfg, cache_dir: Optional[str] 
             f"Retry, set HF_ENDPOINT to a working mirror, or use HF_HUB_OFFLINE=1 with a warm cache; "
             f"{_LOCAL_FILE_HINT}.") from e
     except SafetensorError as e:
-        path = _weights_path(cfg, cache_dir)
-        from_cache = path.startswith(_cache_dir(cache_dir)) or 'cache copy' in path
+        path, from_cache = _weights_path(cfg, cache_dir)
         fix = (f'It came from the Hugging Face cache: delete it (`hf cache rm {repo}` or remove '
                f'{os.path.join(_cache_dir(cache_dir), "models--" + repo.replace("/", "--"))}) and download it again.'
                if from_cache else 'Export or download it again.')

@@ -11,6 +11,7 @@ teacher that MTARD distils AW-Net from; `cifar_wrn28_10` (36.48M) is the WRN of 
 As with AW-Net, inputs are pixels in [0, 1] and are normalized inside the model, so the pretrained
 cfgs say mean=(0,0,0), std=(1,1,1).
 """
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -22,6 +23,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from .awnet import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, _stats, check_pixel_batch
+from .pretrained import check_weights_fit
 
 __all__ = ['WideResNet', 'WideBasicBlock']
 
@@ -286,7 +288,8 @@ default_cfgs = generate_default_cfgs({
 def _create_wide_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> WideResNet:
     return build_model_with_cfg(
         WideResNet, variant, pretrained,
-        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
+        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3), **kwargs.pop('feature_cfg', None) or {}),
+        pretrained_filter_fn=partial(check_weights_fit, features_only=bool(kwargs.get('features_only'))),
         **kwargs,
     )
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from ..models.pretrained import PretrainedWeightsError
 from ..utils import atomic_write
 
 __all__ = [
@@ -114,11 +115,12 @@ def create_model_with_weights(
         kwargs['num_classes'] = num_classes
     try:
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    except RuntimeError as e:
-        if 'state_dict' not in str(e) and 'size mismatch' not in str(e):
+    except PretrainedWeightsError as e:  # awnet_timm's models check the fit before loading
+        raise CheckpointError(f"'{path}' does not fit model '{name}' {kwargs or ''}: {e}") from None
+    except RuntimeError as e:  # any other timm model: torch's strict load_state_dict
+        if 'Error(s) in loading state_dict' not in str(e):
             raise
-        raise CheckpointError(f"'{path}' does not fit model '{name}' {kwargs or ''}: it was saved from another "
-                              f"architecture or with other model arguments.\n{e}") from None
+        raise CheckpointError(f"'{path}' does not fit model '{name}' {kwargs or ''}: {e}") from None
 
 
 def save_train_state(

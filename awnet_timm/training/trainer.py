@@ -23,13 +23,14 @@ import torch.distributed as dist
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.utils.distributed import init_distributed_device_so
 from tqdm.auto import tqdm
 
 from ..attacks import LinfPGD
 from ..data import DeviceLoader, ImageTensors, load_dataset
+from ..utils import atomic_write_text
 from .checkpoint import (
     CheckpointError, create_model_with_weights, load_train_state, save_train_state, save_weights)
-from ..utils import atomic_write_text
 from .config import ConfigError, TrainConfig
 from .recipes import TrainForward, create_recipe, is_dynamic
 from .teachers import load_teacher
@@ -54,20 +55,16 @@ class _Dist:
     """This process's place in a torchrun job (a single process when not launched by torchrun)."""
 
     def __init__(self, device: str):
-        self.world_size = int(os.environ.get('WORLD_SIZE', '1'))
-        self.rank = int(os.environ.get('RANK', '0'))
-        local_rank = int(os.environ.get('LOCAL_RANK', '0'))
         if device == 'auto':
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
-        self.device = torch.device(device)
-        if self.device.type == 'cuda' and self.device.index is None:
-            self.device = torch.device('cuda', local_rank if self.world_size > 1 else torch.cuda.current_device())
+        if dist.is_initialized():  # a second train() in the same torchrun process
+            self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
+            local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+            self.device = torch.device(f'cuda:{local_rank}' if device.startswith('cuda') and self.world_size > 1 else device)
+        else:  # timm's launcher logic: torchrun / SLURM env, process group, one device per rank
+            info = init_distributed_device_so(device=device)
+            self.world_size, self.rank, self.device = info['world_size'], info['global_rank'], torch.device(info['device'])
         self.enabled = self.world_size > 1
-        if self.enabled and not dist.is_initialized():
-            backend = 'nccl' if self.device.type == 'cuda' else 'gloo'
-            if self.device.type == 'cuda':
-                torch.cuda.set_device(self.device)
-            dist.init_process_group(backend)
 
     @property
     def main(self) -> bool:
