@@ -1,9 +1,10 @@
-""" The `awnet` command (installed by the package): train, finetune, eval, plot, filters, export, publish
+""" The `awnet` command (installed by the package): train, finetune, eval, plot, filters, export, publish, zoo
 
 Every option is a field of `TrainConfig` (same name, dashes for underscores) with the paper's default;
 `--config run.json` starts from a saved config, and `--resume RUN_DIR` continues a run with its own
-config (options given on the command line override either). The CLI only wires arguments to
-`awnet_timm.training.train`; everything it does is available from Python.
+config (options given on the command line override either; `none` clears an optional one). The CLI only
+wires arguments to `awnet_timm.training.train`; everything it does is available from Python. Bad input is
+one line on stderr and exit code 2, a diverged run exit code 1, Ctrl-C exit code 130 with the resume command.
 """
 import argparse
 import dataclasses
@@ -12,9 +13,10 @@ import sys
 import typing
 from typing import Any, Dict, Optional, Sequence
 
+from .models.pretrained import PretrainedWeightsError
 from .training import TrainConfig, load_run_config, train
 from .training.config import ConfigError
-from .training.checkpoint import CheckpointError
+from .training.trainer import DivergenceError, RunInterrupted
 from .utils import eps_string, number_arg
 
 __all__ = ['main', 'build_parser', 'FINETUNE_DEFAULTS']
@@ -22,6 +24,14 @@ __all__ = ['main', 'build_parser', 'FINETUNE_DEFAULTS']
 # `awnet finetune`: a short adversarial fine-tune of given weights on an ImageFolder dataset
 FINETUNE_DEFAULTS = dict(recipe='pgd_at', dataset='imagefolder', val_split='val', epochs=20, lr=0.01, router_lr=0.001,
                          decay_milestones=(15, 18))
+
+
+def _optional(convert):
+    """argparse type of an Optional field: `none` gives None (e.g. to clear a value inherited on --resume)."""
+    def parse(text: str):
+        return None if text.lower() == 'none' else convert(text)
+    parse.__name__ = getattr(convert, '__name__', 'value')
+    return parse
 
 
 def _arg_type(annotation):
@@ -51,18 +61,22 @@ def _add_config_options(parser: argparse.ArgumentParser, defaults: Dict[str, Any
         kind = _arg_type(hints[f.name])
         default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
         shown = eps_string(default) if f.name in ('eps', 'attack_step') else repr(default)
-        help_text = f"{f.metadata['help']} (default: {shown})".replace('%', '%%')
+        help_text = f.metadata['help']
+        if '(default' not in help_text:  # a help text that explains its default says it once
+            help_text += f' (default: {shown})'
+        help_text = help_text.replace('%', '%%')
         flag = '--' + f.name.replace('_', '-')
+        optional = typing.get_origin(hints[f.name]) is typing.Union
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif kind == 'json':
             parser.add_argument(flag, type=_json_dict, default=argparse.SUPPRESS, metavar='JSON', help=help_text)
         elif isinstance(kind, tuple):
             parser.add_argument(flag, type=kind[1], nargs='+', default=argparse.SUPPRESS, metavar='N', help=help_text)
-        elif kind is float:
-            parser.add_argument(flag, type=number_arg, default=argparse.SUPPRESS, metavar='FLOAT', help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=kind.__name__.upper(), help=help_text)
+            convert = number_arg if kind is float else kind
+            parser.add_argument(flag, type=_optional(convert) if optional else convert, default=argparse.SUPPRESS,
+                                metavar=kind.__name__.upper(), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .hub.cli import add_export_parser, add_publish_parser
     add_export_parser(sub)
     add_publish_parser(sub)
+    from .zoo.cli import add_zoo_parser
+    add_zoo_parser(sub)
     return parser
 
 
@@ -105,21 +121,35 @@ def config_from_args(command: str, args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+# bad input of any command (ConfigError, CheckpointError, DatasetError, DeviceError, HubReleaseError are ValueErrors)
+USER_ERRORS = (ValueError, FileNotFoundError, PretrainedWeightsError)
+
+
+def _interrupted(command: str, e: KeyboardInterrupt) -> str:
+    if not isinstance(e, RunInterrupted):
+        return f'awnet {command}: interrupted'
+    if not e.epochs_saved:
+        return f'awnet {command}: interrupted before the first epoch finished; nothing was kept'
+    return (f'awnet {command}: interrupted; {e.run_dir} holds epoch {e.epochs_saved}: continue with '
+            f'`awnet {command} --resume {e.run_dir}`')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command not in ('train', 'finetune'):
-        try:
-            return args.func(args)
-        except (ValueError, FileNotFoundError, CheckpointError) as e:
-            print(f'awnet {args.command}: error: {e}', file=sys.stderr)
-            return 2
     try:
-        cfg = config_from_args(args.command, args)
-        result = train(cfg)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        if args.command not in ('train', 'finetune'):
+            return args.func(args)
+        result = train(config_from_args(args.command, args))
+    except USER_ERRORS as e:
         print(f'awnet {args.command}: error: {e}', file=sys.stderr)
         return 2
+    except DivergenceError as e:
+        print(f'awnet {args.command}: error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f'\n{_interrupted(args.command, e)}', file=sys.stderr)
+        return 130
     state = 'finished' if result.finished else 'stopped early (resume to continue)'
     print(f'awnet {args.command}: {state} after epoch {result.epochs_done}; run in {result.run_dir}; '
           f'best {json.dumps(result.best)}')

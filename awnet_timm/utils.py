@@ -1,11 +1,50 @@
-"""Small helpers shared by training, evaluation, Hub export and the CLI: atomic files, hashes, eps as text."""
+"""Small helpers shared by training, evaluation, Hub export and the CLI: atomic files, hashes, eps as text, devices."""
 import argparse
 import hashlib
 import os
 import tempfile
 from typing import Callable
 
-__all__ = ['atomic_write', 'atomic_write_text', 'sha256_file', 'eps_string', 'number_arg']
+import torch
+
+__all__ = ['atomic_write', 'atomic_write_text', 'sha256_file', 'eps_string', 'number_arg', 'resolve_device', 'DeviceError',
+           'check_output_path', 'usual_mode']
+
+
+class DeviceError(ValueError):
+    """A device that does not exist on this machine, or a device name torch does not know."""
+
+
+def resolve_device(name: str = 'auto') -> torch.device:
+    """ The torch.device for a --device value: 'auto' (cuda when present, else cpu), 'cpu', 'cuda', 'cuda:N', 'mps'.
+
+    Raises DeviceError (a ValueError) for an unknown name or a device this machine does not have.
+    """
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device '{name}': expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device '{name}' was asked for, but torch sees no CUDA GPU here "
+                              f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}): use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == 'mps' and not torch.backends.mps.is_available():
+        raise DeviceError(f"device '{name}' was asked for, but MPS is not available here: use --device cpu or auto")
+    elif device.type not in ('cpu', 'cuda', 'mps'):
+        raise DeviceError(f"device '{name}' is not supported: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return device
+
+
+def usual_mode(directory: bool = False) -> int:
+    """The permissions open()/mkdir give under the current umask (mkstemp, mkdtemp and safetensors make files private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -16,14 +55,36 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
+        os.chmod(tmp, usual_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def check_output_path(path: str) -> None:
+    """ Refuse, before any work is done, a file path that cannot be written (ValueError saying why).
+
+    Catches a path that is a folder, a path under a regular file, and a folder this process may not write to
+    (by creating and removing a temporary file there; the missing folders are created, as the writer would).
+    """
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise ValueError(f"cannot write '{path}': it is a folder; give a file path")
+    folder = os.path.dirname(target)
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"cannot write '{path}': '{existing}' is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(target)}.', suffix='.tmp')
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise ValueError(f"cannot write '{path}': {e.strerror or e}") from None
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -48,7 +48,7 @@ def main():
     y = pred if not args.checkpoint else y.to(device)
 
     def timed(**kwargs):
-        attack = AutoAttack(model, eps=eps, batch_size=args.batch_size, **kwargs)
+        attack = AutoAttack(model, eps=eps, batch_size=args.batch_size, progress=True, **kwargs)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         start = time.perf_counter()

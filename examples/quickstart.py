@@ -26,7 +26,7 @@ def synthetic_batch(n: int, seed: int = 0) -> torch.Tensor:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', default='awnet_r18', help='a registered model, e.g. awnet_r18, awnet_r34')
+    parser.add_argument('--model', default='awnet_r18', help='a registered model, e.g. awnet_r18, awnet_r34, cifar_resnet18, cifar_wrn28_10')
     parser.add_argument('--data', default=None,
                         help='offline CIFAR-10 directory (or cifar10-test-exact.npz); default: synthetic images')
     parser.add_argument('--checkpoint', default=None, help='a model.safetensors to load into the model')
@@ -52,7 +52,8 @@ def main():
         print(f'data: {len(x)} synthetic 32x32 images (no labels)')
 
     with torch.inference_mode():
-        logits, router_out = model.forward_with_router(x)
+        # only AW-Net has a router; the static baselines and teachers are plain timm classifiers
+        logits, router_out = model.forward_with_router(x) if hasattr(model, 'forward_with_router') else (model(x), None)
     pred = logits.argmax(1)
     p_clean = router_out.p_clean if router_out is not None and router_out.p_clean is not None else None
     print(f'{"#":>3}  {"label":>10}  {"predicted":>10}  {"P(clean)":>8}')

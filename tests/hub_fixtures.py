@@ -5,7 +5,7 @@
 - `eval_record`: the realistic `awnet eval` record of tests/data/awnet_eval_example.json, made on a given file;
 - `OlahMirror`: olah 0.5.4 (its own virtualenv) serving export folders as git repos, offline, on 127.0.0.1;
 - `HubUploadServer`: a small in-process server speaking the part of the Hub's API that `HfApi.create_repo`,
-  `create_branch`, `create_commit` (regular uploads) and `hf_hub_download` use (OFFLINE_HUB.md section 5);
+  `create_branch`, `create_commit` (regular uploads) and `hf_hub_download` use (docs/offline_hub.md section 7);
 - `point_hub_at`: redirect the already imported huggingface_hub (its constants are read at import).
 """
 import base64

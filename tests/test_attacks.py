@@ -138,3 +138,48 @@ def test_bad_attack_arguments_fail_clearly(trained_model):
     with pytest.raises(ValueError, match=r'pixels in \[0, 1\]'):
         LinfPGD(trained_model).perturb(torch.randn(2, 3, 8, 8) * 3, torch.zeros(2, dtype=torch.long))
     LinfPGD(trained_model, steps=1, check_range=False).perturb(torch.full((2, 3, 8, 8), 1.5), torch.zeros(2, dtype=torch.long))
+
+
+class WindowModel(nn.Module):
+    """Forward: class 1 wins only while the mean pixel is in (0.525, 0.555). Backward: the CE loss for
+    class 0 always grows with the mean pixel, so PGD walks the mean up, through the window and out of it."""
+
+    def forward(self, x):
+        t = x.mean((1, 2, 3))
+        g = 10 * torch.stack([-t, t], 1)
+        inside = ((t > 0.525) & (t < 0.555)).float()
+        f = torch.stack([torch.zeros_like(t), 2 * inside - 1], 1)
+        return g + (f - g).detach()  # the value of f, the gradient of g
+
+
+def test_best_iterate_keeps_a_success_that_the_last_iterate_lost():
+    model = WindowModel()
+    x, y = torch.full((2, 3, 4, 4), 0.5), torch.zeros(2, dtype=torch.long)
+    make = lambda keep: LinfPGD(model, eps=0.1, step_size=0.01, steps=10, random_start='none', keep=keep)  # noqa: E731
+    last, best = make('last').perturb(x, y), make('best').perturb(x, y)
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).all()  # clean: correct
+        assert (model(last).argmax(1) == y).all()  # the last iterate (mean 0.6) is outside the window
+        assert (model(best).argmax(1) != y).all()  # an earlier one fooled the model: it is kept
+    torch.testing.assert_close(best.mean((1, 2, 3)), torch.full((2,), 0.53))  # the first fooling iterate (step 3)
+    assert LinfPGD(model).keep == 'last'  # training attacks are unchanged
+    with pytest.raises(ValueError, match="unknown keep 'first'"):
+        LinfPGD(model, keep='first')
+
+
+def test_best_iterate_is_judged_as_the_evaluator_scores_in_route_auto():
+    model = AWNet(layers=(1, 1), channels=(8, 16), router_layers=(1, 1), router_channels=(8, 8)).eval()
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 1, 2])
+    calls = []
+    original = model.forward_with_router
+    model.forward_with_router = lambda inp, route=None, router_out=None: calls.append(route) or original(inp, route, router_out)
+    LinfPGD(model, eps=2 / 255, step_size=1 / 255, steps=2, route='adv', keep='best').perturb(x, y)
+    assert calls.count('auto') == 3  # the start and each of 2 iterates, in route auto although attacked in route adv
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_pixels_are_refused(trained_model, bad):
+    x = torch.rand(2, 3, 8, 8)
+    x[1, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match=r'pixels in \[0, 1\], got non-finite values'):
+        LinfPGD(trained_model).perturb(x, torch.zeros(2, dtype=torch.long))

@@ -64,3 +64,9 @@ def test_finetune_digits_example_runs(cifar10_root, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert 'fine-tuned on digits (16x16, 10 classes)' in run.stdout
     assert sorted(os.listdir(tmp_path / 'digits')) == ['train', 'val']
+
+
+def test_quickstart_runs_a_model_without_router():
+    run = _quickstart('--batch-size', '2', '--model', 'cifar_wrn28_10')
+    assert run.returncode == 0, run.stderr
+    assert 'cifar_wrn28_10: 36.' in run.stdout and 'ratio' in run.stdout

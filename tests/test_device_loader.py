@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from awnet_timm.data import DeviceLoader, ImageTensors, load_dataset, random_crop_flip
+from awnet_timm.data import DatasetError, DeviceLoader, ImageTensors, load_dataset, random_crop_flip
 
 
 def _images(n=10, size=8, seed=0):
@@ -109,3 +109,13 @@ def test_missing_datasets_fail_clearly(tmp_path):
         load_dataset('mnist', str(tmp_path))
     with pytest.raises(ValueError, match='needs a root'):
         load_dataset('cifar10-offline', '')
+
+
+def test_imagefolder_decodes_in_the_models_channel_count(tmp_path):
+    write_imagefolder(tmp_path, 'train')
+    gray = load_dataset('imagefolder', str(tmp_path), 'train', in_chans=1)
+    assert gray.images.shape == (6, 1, 12, 12) and gray.images[4].unique().tolist() == [41]  # L of a gray RGB pixel
+    with pytest.raises(DatasetError, match='in_chans=2'):
+        load_dataset('imagefolder', str(tmp_path), 'train', in_chans=2)
+    with pytest.raises(DatasetError, match="'cifar10' gives RGB images .* in_chans=1"):
+        load_dataset('cifar10', str(tmp_path), 'train', in_chans=1)

@@ -1,18 +1,24 @@
 """ The evaluation harness: attacks on a trained AW-Net, worst case, router statistics, sanity flags, reports. """
 import json
+import os
 
 import pytest
 import torch
 import torch.nn as nn
 
+from awnet_timm import AWNet
 from awnet_timm.attacks import AutoAttack, ForcedRoutePGD
 from awnet_timm.cli import main
 from awnet_timm.data import load_dataset
 from awnet_timm.eval import (
-    build_record, build_suite, detection_auc, evaluate_robustness, filter_means, markdown_table, summarize, write_report)
+    AttackSpec, EvaluationError, build_record, build_suite, detection_auc, evaluate_robustness, filter_means, label_offsets,
+    markdown_table, plot_eps_curve, summarize, write_report)
+from awnet_timm.eval.cli import load_eval_data
+from awnet_timm.eval.suite import pgd_spec
 from awnet_timm.layers import MixBatchNorm2d
 from awnet_timm.training import train
-from conftest import TINY, tiny_config
+from conftest import TINY, TINY_AWNET, tiny_config
+from test_attacks import WindowModel
 
 
 @pytest.fixture(scope='session')
@@ -99,6 +105,7 @@ def test_sanity_checks_flag_a_planted_gradient_masking_model(trained_awnet, val_
     masked = evaluate_robustness(SaturatedGate(model), x, y, specs, batch_size=32, progress=False)
     flags = {c['check']: c['passed'] for c in masked['sanity']}
     assert not flags['accuracy reaches ~0 at a large eps']
+    assert masked['sanity_cost']['eps_sweep_attacked'] > 0
     assert not flags['square (black-box) does not beat white-box attacks']
     assert {c['check']: c['passed'] for c in honest['sanity']}['accuracy reaches ~0 at a large eps']
     assert masked['attacks'][1]['robust_acc'] == pytest.approx(masked['clean_acc'])  # PGD found nothing
@@ -124,9 +131,12 @@ def test_reports_are_valid_json_and_reproducible_with_a_seed(trained_awnet, val_
         record = build_record(result, 'awnet_r18', run_dir, data, 8 / 255, 3, 'cpu')
         write_report(record, str(tmp_path / f'r{i}.json'))
         records.append(json.loads((tmp_path / f'r{i}.json').read_text()))
-    drop = lambda r: {k: v for k, v in r.items() if k not in ('elapsed_seconds', 'attacks', 'versions')}  # noqa: E731
+    timings = ('elapsed_seconds', 'attack_seconds', 'sanity_cost', 'attacks', 'versions')
+    drop = lambda r: {k: v for k, v in r.items() if k not in timings}  # noqa: E731
     assert drop(records[0]) == drop(records[1])
     assert [a['robust_acc'] for a in records[0]['attacks']] == [a['robust_acc'] for a in records[1]['attacks']]
+    assert {k: v for k, v in records[0]['sanity_cost'].items() if 'seconds' not in k} == \
+        {k: v for k, v in records[1]['sanity_cost'].items() if 'seconds' not in k}
     info = records[0]['model_info']
     assert info['eps'] == '8/255' and info['clean_acc'] == f"{100 * records[0]['clean_acc']:.2f}" and info['additional_data'] is False
     assert (tmp_path / 'r0.md').read_text() == markdown_table(records[0])
@@ -164,3 +174,198 @@ def test_awnet_eval_and_filters_commands(cifar10_root, trained_awnet, tmp_path, 
     assert set(summary) == {'awnet', 'random'} and summary['awnet']['layer'] == 'stages.0.blocks.0.conv1.conv'
     assert main(['eval', '--model', 'cifar_resnet18', '--data-dir', str(tmp_path / 'none'), '--n', '8']) == 2
     assert 'no CIFAR-10 file' in capsys.readouterr().err
+
+
+def test_evaluation_counts_a_sample_broken_at_any_iterate():
+    x, y = torch.full((2, 3, 4, 4), 0.5), torch.zeros(2, dtype=torch.long)
+    cpu = torch.device('cpu')
+    best = pgd_spec('best', 0.1, 0.01, 10, random_start='none')
+    last = pgd_spec('last', 0.1, 0.01, 10, random_start='none', keep='last')
+    result = evaluate_robustness(WindowModel(), x, y, [best, last], device=cpu, sanity=False, progress=False)
+    assert result['clean_acc'] == 1.0
+    assert [a['robust_acc'] for a in result['attacks']] == [0.0, 1.0]  # fooled at step 3, not at step 10
+    assert result['attacks'][0]['params']['keep'] == 'best' and result['worst_case']['robust_acc'] == 0.0
+
+
+class _Returns:
+    def __init__(self, value):
+        self.value = value
+
+    def perturb(self, x, y):
+        return x + self.value
+
+
+def test_non_finite_examples_and_inputs_are_refused(trained_awnet, val_batch):
+    model, _ = trained_awnet
+    x, y = val_batch[0][:4].clone(), val_batch[1][:4]
+    nan = AttackSpec('nan_attack', 'white-box', {'eps': 8 / 255}, lambda m: _Returns(float('nan')))
+    with pytest.raises(EvaluationError, match="attack 'nan_attack' returned non-finite pixels"):
+        evaluate_robustness(model, x, y, [nan], sanity=False, progress=False)
+    far = AttackSpec('far', 'white-box', {'eps': 8 / 255}, lambda m: _Returns(0.1))
+    with pytest.raises(EvaluationError, match="'far' returned examples outside the eps-ball"):
+        evaluate_robustness(model, x.clamp(0, 0.5), y, [far], sanity=False, progress=False)
+    x[0, 0, 0, 0] = float('nan')
+    with pytest.raises(ValueError, match=r'evaluation takes pixels in \[0, 1\], got non-finite'):
+        evaluate_robustness(model, x, y, [], sanity=False, progress=False)
+
+
+def test_autoattack_sees_the_whole_set_once_so_the_batch_size_does_not_matter(trained_awnet, val_batch, monkeypatch, capsys):
+    model, _ = trained_awnet
+    x, y = val_batch[0][:12], val_batch[1][:12]
+    calls = []
+    perturb = AutoAttack.perturb
+    monkeypatch.setattr(AutoAttack, 'perturb', lambda self, xb, yb: calls.append(len(xb)) or perturb(self, xb, yb))
+    outcomes = []
+    for batch_size in (4, 12):
+        specs = build_suite(model, ['square'], square_queries=30, batch_size=8, progress=True)
+        assert specs[0].whole_set
+        result = evaluate_robustness(model, x, y, specs, batch_size=batch_size, sanity=False, progress=True)
+        outcomes.append(result['per_sample'])
+    assert calls == [12, 12]  # once over all 12 images, whatever the evaluator's batch size
+    assert outcomes[0] == outcomes[1]
+    err = capsys.readouterr().err
+    assert 'autoattack' in err and 'square batch 1/' in err and 'points left' in err  # AutoAttack's stages and progress
+
+
+def test_random_start_step_sizes_and_kept_iterate_follow_the_options_and_are_recorded():
+    model = AWNet(**TINY_AWNET).eval()
+    for eps in (8 / 255, 4 / 255):
+        specs = {s.name: s for s in build_suite(model, ['paper', 'router'], eps=eps, random_start='none', router_steps=3)}
+        scale = eps / (8 / 255)
+        expected = {'pgd_sat': 2 / 255 * scale, 'pgd_trades': 0.003 * scale, 'cw_inf': 0.003 * scale,
+                    'forced_clean': 2 / 255 * scale, 'forced_adv': 2 / 255 * scale, 'router_detach': 2 / 255 * scale,
+                    'signal_match': 2 / 255 * scale, 'joint_adaptive': 0.003 * scale, 'two_phase': 2.5 * eps / 100}
+        for name, step in expected.items():
+            attack = specs[name].build(model)
+            assert attack.step_size == pytest.approx(step) and specs[name].params['step_size'] == attack.step_size, name
+            assert attack.random_start == 'none' and specs[name].params['random_start'] == 'none', name
+            assert attack.eps == eps
+            if name != 'two_phase':
+                assert attack.keep == 'best' and specs[name].params['keep'] == 'best', name
+    assert build_suite(model, ['pgd_trades'])[0].params['step_size'] == 0.003  # the paper's protocol, unchanged at 8/255
+    assert build_suite(model, ['cw_inf'], cw_step=0.01)[0].params['step_size'] == 0.01  # an explicit step is used as given
+
+
+def test_sanity_checks_use_the_random_start_and_attack_only_points_still_robust(trained_awnet, val_batch, monkeypatch):
+    import awnet_timm.eval.harness as harness
+    model, _ = trained_awnet
+    x, y = val_batch[0][:32], val_batch[1][:32]
+    starts = []
+    real = harness.pgd_spec
+    monkeypatch.setattr(harness, 'pgd_spec', lambda *a, **k: starts.append(a[5]) or real(*a, **k))
+    specs = build_suite(model, ['fgsm'])
+    result = evaluate_robustness(model, x, y, specs, batch_size=32, sanity_n=24, random_start='none', progress=False)
+    assert starts and set(starts) == {'none'} and result['sanity_cost']['random_start'] == 'none'
+    curve, cost = result['eps_curve'], result['sanity_cost']
+    clean = [c == '1' for c in result['per_sample']['clean'][:24]]
+    assert cost['n'] == 24 and curve[0]['attacked'] == sum(clean)
+    for before, after in zip(curve, curve[1:]):  # a point broken at a smaller eps is not attacked again
+        assert after['attacked'] == round(before['robust_acc'] * 24) and after['robust_acc'] <= before['robust_acc']
+    at_eps = next(c for c in curve if c['eps'] == 8 / 255)
+    assert cost['pgd100_attacked'] == round(at_eps['robust_acc'] * 24)
+    assert cost['eps_sweep_attacked'] == sum(c['attacked'] for c in curve)
+    record = build_record(result, 'awnet_r18', 'run', {'n': 32}, 8 / 255, 0, 'cpu')
+    assert f"sanity checks {cost['seconds']:.1f} s" in markdown_table(record)
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 10  # 0% clean accuracy: nothing is left to attack
+    none = evaluate_robustness(model, x, wrong, specs, batch_size=32, progress=False)['sanity_cost']
+    assert none['eps_sweep_attacked'] == 0 and none['pgd100_attacked'] == 0
+
+
+def test_the_result_is_handed_over_after_every_attack(trained_awnet, val_batch):
+    model, _ = trained_awnet
+    x, y = val_batch[0][:8], val_batch[1][:8]
+    seen = []
+    specs = build_suite(model, ['fgsm']) + [AttackSpec('nan_attack', 'white-box', {}, lambda m: _Returns(float('nan')))]
+    with pytest.raises(EvaluationError):
+        evaluate_robustness(model, x, y, specs, sanity=False, progress=False, on_attack=seen.append)
+    assert len(seen) == 1 and not seen[0]['complete'] and [a['name'] for a in seen[0]['attacks']] == ['fgsm']
+    record = build_record(seen[0], 'awnet_r18', 'run', {'n': 8}, 8 / 255, 0, 'cpu')
+    assert record['complete'] is False and '**Incomplete**' in markdown_table(record)
+
+
+def test_router_attacks_on_a_static_model_are_refused():
+    import timm
+    model = timm.create_model('cifar_resnet18', **TINY)
+    with pytest.raises(ValueError, match='router attacks .* need an AW-Net with a router'):
+        build_suite(model, ['router'])
+    with pytest.raises(ValueError, match=r'router attacks \(forced_clean\) need'):
+        build_suite(model, ['pgd_sat', 'forced_clean'])
+    assert [s.name for s in build_suite(model, ['pgd_sat', 'router'])] == ['pgd_sat']  # the default group mix still runs
+
+
+def test_imagefolder_evaluation_says_which_images_it_took(digits):
+    x, y, info = load_eval_data('imagefolder', digits, 'val', 5)
+    total = len(load_dataset('imagefolder', digits, 'val'))
+    assert len(x) == 5 and info['description'] == f'5 of the {total} ImageFolder val images (a fixed random subset, seed 0)'
+    assert info['order'] == 'fixed random subset (seed 0), in folder order'
+    _, _, info = load_eval_data('imagefolder', digits, 'val', total)
+    assert info['description'] == f'all {total} ImageFolder val images'
+    for n in (0, -3):
+        with pytest.raises(ValueError, match=f'--n must be a positive number of images, got {n}'):
+            load_eval_data('imagefolder', digits, 'val', n)
+
+
+def test_plots_keep_labels_apart_and_accuracy_above_zero(tmp_path):
+    offsets = label_offsets([(50.0, 30.0), (50.0, 30.0), (50.5, 29.8), (90.0, 10.0)])
+    assert len(set(offsets[:3])) == 3 and offsets[3] == offsets[0]  # near points stack, a far one does not
+    fig = plot_eps_curve([{'model': 'm', 'eps_curve': [{'eps': 2 / 255, 'robust_acc': 0.4}, {'eps': 8 / 255, 'robust_acc': 0.0}]}],
+                         str(tmp_path / 'eps.png'))
+    assert fig.axes[0].get_ylim()[0] == 0
+
+
+def test_command_line_refusals_are_one_line(cifar10_root, digits, trained_awnet, tmp_path, capsys):
+    from PIL import Image
+    _, run_dir = trained_awnet
+    tiny = json.dumps(TINY)
+    base = ['eval', '--model', 'cifar_resnet18', '--model-kwargs', tiny, '--data-dir', cifar10_root, '--n', '4',
+            '--attacks', 'fgsm', '--no-sanity', '--no-progress']
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    odd = tmp_path / 'odd'
+    for i, size in enumerate((16, 20)):
+        (odd / 'val' / str(i)).mkdir(parents=True)
+        Image.new('RGB', (size, size)).save(odd / 'val' / str(i) / 'a.png')
+    record = tmp_path / 'r.json'
+    record.write_text(json.dumps({'awnet_eval_version': 1, 'model': 'm', 'clean_acc': 0.5,
+                                  'worst_case': {'robust_acc': 0.2}, 'eps_curve': []}))
+    cases = [
+        (base + ['--n', '0', '--out', str(tmp_path / 'a.json')], '--n must be a positive number of images, got 0'),
+        (base + ['--n', '-3', '--out', str(tmp_path / 'a.json')], '--n must be a positive number of images, got -3'),
+        (base + ['--out', str(blocker / 'r.json')], f"'{blocker}' is a file, not a folder"),
+        (base + ['--out', str(tmp_path)], 'it is a folder'),
+        (base[:-4] + ['--attacks', 'router', '--out', str(tmp_path / 'a.json')], 'need an AW-Net with a router'),
+        (base[:4] + [json.dumps(dict(TINY, num_classes=3))] + base[5:] + ['--out', str(tmp_path / 'a.json')],
+         'the model gives 3 class scores, but the labels go from'),
+        (['eval', '--model', 'cifar_resnet18', '--model-kwargs', tiny, '--dataset', 'imagefolder', '--data-dir', str(odd),
+          '--n', '2', '--attacks', 'fgsm', '--no-sanity', '--out', str(tmp_path / 'a.json')], 'have different sizes'),
+        (['plot', str(tmp_path / 'r.md'), '--out', str(tmp_path / 'p.png')], 'No such file'),
+        (['plot', str(blocker), '--out', str(tmp_path / 'p.png')], 'is not an awnet eval record: not valid JSON'),
+        (['plot', os.path.join(str(run_dir), 'config.json'), '--out', str(tmp_path / 'p.png')],
+         "is not an awnet eval record (no 'awnet_eval_version')"),
+        (['plot', str(record), str(record), '--labels', 'a', '--out', str(tmp_path / 'p.png')], '2 reports but 1 labels'),
+        (['plot', str(record), '--out', str(blocker / 'p.png')], 'is a file, not a folder'),
+        (['filters', 'cifar_resnet18', '--layer', '999', '--out', str(tmp_path / 'f.png')], 'conv layer index 999 out of range'),
+        (['filters', 'cifar_resnet18', '--out', str(blocker / 'f.png')], 'is a file, not a folder'),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((base + ['--device', 'cuda', '--out', str(tmp_path / 'a.json')], 'torch sees no CUDA GPU'))
+    (tmp_path / 'r.md').unlink(missing_ok=True)
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count('\n') == 1 and 'Traceback' not in err, (argv, err)
+    assert not (tmp_path / 'a.json').exists()
+    odd_ok = tmp_path / 'odd.json'
+    assert main(['eval', '--model', 'cifar_resnet18', '--model-kwargs', tiny, '--dataset', 'imagefolder', '--data-dir', str(odd),
+                 '--n', '2', '--img-size', '16', '--attacks', 'fgsm', '--no-sanity', '--no-progress', '--out', str(odd_ok)]) == 0
+    assert json.loads(odd_ok.read_text())['data']['img_size'] == 16
+
+
+def test_help_texts_give_each_default_once(capsys):
+    for command in ('eval', 'plot', 'filters', 'publish'):
+        with pytest.raises(SystemExit):
+            main([command, '--help'])
+        text = ' '.join(capsys.readouterr().out.split())
+        for option in text.split(' --')[1:]:
+            assert option.count('(default') <= 1, (command, option)

@@ -2,15 +2,18 @@
 import json
 import os
 import re
+import shutil
 
 import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from awnet_timm.cli import main as awnet
 from awnet_timm.hub import HubReleaseError, export_checkpoint
+from awnet_timm.utils import usual_mode
 from hub_fixtures import TINY_AWNET, TINY_STATIC, eval_record, make_run, sha256
 
 
@@ -166,3 +169,34 @@ def test_export_cli_errors_and_help(tiny_run, tmp_path, capsys):
     help_text = capsys.readouterr().out
     for option in ('--eval', '--dtype', '--weights', '--tag', '--repo-id', '--overwrite', 'awnet eval'):
         assert option in help_text
+
+
+def test_export_refuses_nonfinite_weights_and_writes_ordinary_files(tiny_run, tmp_path):
+    run = tmp_path / 'diverged'
+    shutil.copytree(tiny_run, run)
+    last = str(run / 'last.safetensors')
+    with safe_open(last, 'pt') as f:
+        metadata = f.metadata()
+    weights = load_file(last)
+    weights['head.weight'][0, 0] = float('nan')  # what a diverged run of an older version left behind
+    save_file(weights, last, metadata=metadata)
+    with pytest.raises(HubReleaseError, match=r"holds NaN or inf in 1 tensors \(head.weight\): the run diverged"):
+        export_checkpoint(str(run), str(tmp_path / 'nan'), weights='last')
+    assert not (tmp_path / 'nan').exists()
+    out = export_checkpoint(str(run), str(tmp_path / 'best')).folder  # best is finite
+    assert {f: os.stat(os.path.join(out, f)).st_mode & 0o777 for f in os.listdir(out)} == \
+        {f: usual_mode() for f in os.listdir(out)}
+    assert os.stat(out).st_mode & 0o777 == usual_mode(directory=True)
+
+
+def test_card_says_how_many_images_picked_the_best_epoch(tiny_run, tmp_path):
+    run = tmp_path / 'run'
+    shutil.copytree(tiny_run, run)
+    card = open(os.path.join(export_checkpoint(str(run), str(tmp_path / 'a')).folder, 'README.md')).read()
+    assert 'the first 1000 images of the test split (as the paper picks its best W-Robust checkpoint) (as configured; ' \
+        'fewer if the split was smaller)' in card  # no log: only the configured count is known
+    with open(run / 'log.jsonl', 'w') as f:
+        for epoch in (86, 87, 88):
+            f.write(json.dumps({'epoch': epoch, 'val_images': 9 if epoch == 87 else 5}) + '\n')
+    card = open(os.path.join(export_checkpoint(str(run), str(tmp_path / 'b')).folder, 'README.md')).read()
+    assert 'on the first 9 images of the test split' in card and '1000 images' not in card

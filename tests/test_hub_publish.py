@@ -132,3 +132,25 @@ def test_publish_help_names_the_options(capsys):
     for option in ('--repo-id', '--private', '--public', '--revision', '--message', '--endpoint', '--dry-run',
                    'HF_TOKEN', 'HF_ENDPOINT'):
         assert option in text
+
+
+def test_partial_or_unfinished_evaluations_need_a_flag(release, tmp_path, capsys):
+    folder = tmp_path / 'copy'
+    folder.mkdir()
+    for name in os.listdir(release):
+        (folder / name).write_bytes(open(os.path.join(release, name), 'rb').read())
+    record = json.load(open(folder / 'awnet_eval.json'))
+    assert awnet(['publish', str(folder), '--dry-run']) == 0  # 1000 images with AutoAttack: a full evaluation
+    assert 'warning' not in capsys.readouterr().out
+    small = dict(record, data=dict(record['data'], n=8), attacks=[a for a in record['attacks'] if a['name'] != 'autoattack'])
+    (folder / 'awnet_eval.json').write_text(json.dumps(small))
+    assert awnet(['publish', str(folder), '--dry-run']) == 2
+    err = capsys.readouterr().err
+    assert 'is partial: it is on 8 images (a full evaluation uses at least 1000) and it has no AutoAttack' in err
+    assert '--allow-partial-eval' in err
+    assert awnet(['publish', str(folder), '--dry-run', '--allow-partial-eval']) == 0
+    out = capsys.readouterr().out
+    assert 'warning: partial evaluation: it is on 8 images' in out and 'warning: partial evaluation: it has no AutoAttack' in out
+    (folder / 'awnet_eval.json').write_text(json.dumps(dict(record, complete=False)))
+    assert awnet(['publish', str(folder), '--dry-run', '--allow-partial-eval']) == 2
+    assert 'was saved while `awnet eval` was still running' in capsys.readouterr().err

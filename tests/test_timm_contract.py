@@ -88,7 +88,7 @@ def test_model_features_only(name):
 def test_model_forward_intermediates(name):
     model = timm.create_model(name).eval()
     info = FeatureInfo(model.feature_info, list(range(len(model.feature_info))))
-    x = torch.randn(BATCH, *model.pretrained_cfg['input_size'])
+    x = torch.rand(BATCH, *model.pretrained_cfg['input_size'])
     final, inter = model.forward_intermediates(x)
     assert len(inter) == len(info.channels())
     for f, c, r in zip(inter, info.channels(), info.reduction()):

@@ -7,13 +7,16 @@ import os
 import pytest
 import timm
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from awnet_timm import AWNet
 from awnet_timm.layers import MixBatchNorm2d
 from awnet_timm.training import (
     CheckpointError, ConfigError, TrainConfig, TrainForward, create_model_with_weights, create_recipe, load_teacher, train)
+from awnet_timm.training.checkpoint import load_train_state, nonfinite_tensors, save_weights
 from awnet_timm.training.teachers import PixelInput
+from awnet_timm.training.trainer import DivergenceError, _json_line
 from conftest import TINY, TINY_AWNET, tiny_config
 
 
@@ -268,6 +271,56 @@ def test_weights_from_a_local_dir_export(tmp_path):
     model = timm.create_model('cifar_resnet18', **TINY).eval()
     save_for_hf(model, str(tmp_path), model_args=TINY, safe_serialization=True)
     loaded = create_model_with_weights(f'local-dir:{tmp_path}').eval()
+    as_weights = create_model_with_weights('cifar_resnet18', f'local-dir:{tmp_path}').eval()  # --pretrained local-dir:...
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+        torch.testing.assert_close(as_weights(x), model(x))
+    with pytest.raises(CheckpointError, match='weights .awnet_r18.tag. are of architecture .awnet_r18., not .cifar_resnet18.'):
+        create_model_with_weights('cifar_resnet18', 'awnet_r18.tag')
+
+
+def _strict_json(line):
+    def refuse(token):
+        raise ValueError(f'{token} is not JSON')
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_diverging_run_stops_and_keeps_the_last_finite_checkpoint(digits, tmp_path):
+    # lr x 1e8 from epoch 2: epoch 1 trains normally, epoch 2 diverges
+    cfg = tiny_config(digits, tmp_path, model='cifar_resnet18', model_kwargs=TINY, recipe='standard', epochs=2,
+                      decay_milestones=(2,), decay_rate=1e8, val_size=32)
+    with pytest.raises(DivergenceError, match=r'NaN or inf in epoch 2 .*keeps its last finite epoch \(1\)'):
+        train(cfg)
+    run = tmp_path / 'run'
+    for name in ('last.safetensors', 'best.safetensors'):
+        weights = load_file(str(run / name))
+        assert nonfinite_tensors(weights) == []
+        with safe_open(str(run / name), 'pt') as f:
+            assert f.metadata()['epoch'] == '1'
+    assert load_train_state(str(run / 'last.state.safetensors'))[3]['epoch'] == 1
+    assert [_strict_json(line)['epoch'] for line in open(run / 'log.jsonl')] == [1]
+    assert _json_line({'train_loss': float('nan'), 'lr': float('inf'), 'epoch': 3}) == '{"train_loss": null, "lr": null, "epoch": 3}'
+    net = timm.create_model('cifar_resnet18', **TINY)
+    with torch.no_grad():
+        net.head.weight[0, 0] = float('nan')
+    with pytest.raises(CheckpointError, match='1 tensors hold NaN or inf \\(head.weight\\)'):
+        save_weights(str(run / 'last.safetensors'), net)
+    assert nonfinite_tensors(load_file(str(run / 'last.safetensors'))) == []
+    # diverging in the first epoch of a new run leaves no half-made run folder
+    with pytest.raises(DivergenceError, match='nothing was kept'):
+        train(dataclasses.replace(cfg, run_name='first', decay_milestones=(), lr=1e8, epochs=1))
+    assert not (tmp_path / 'first').exists()
+
+
+def test_finetune_records_the_model_arguments_it_built(digits, tmp_path):
+    src = train(tiny_config(digits, tmp_path / 'src', model='cifar_resnet18', model_kwargs=TINY, recipe='standard',
+                            val_size=0)).run_dir
+    cfg = tiny_config(digits, tmp_path / 'ft', model='cifar_resnet18', model_kwargs={}, recipe='standard',
+                      pretrained=src, val_size=0)
+    result = train(cfg)
+    assert json.loads(open(os.path.join(result.run_dir, 'config.json')).read())['model_kwargs'] == TINY
+    model = create_model_with_weights('cifar_resnet18', result.run_dir)  # as export and eval build it
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in result.model.parameters())
+    # the given config resumes: the inherited arguments are merged the same way again
+    train(dataclasses.replace(cfg, resume=result.run_dir, epochs=2))

@@ -10,10 +10,16 @@ Losses the attack maximises:
 - 'kl': KL(p(x) || p(x_adv)) to the model's own clean prediction, as TRADES generates its examples;
 - 'cw': the C&W margin max_{j != y} z_j - z_y (the paper's CW-inf).
 
+Which iterate is returned (`keep`): 'last' (training: the example the loss was pushed furthest for) or
+'best' (evaluation, as AutoAttack does): per sample, the first iterate that the model misclassifies,
+scored as the evaluator scores it (an AW-Net in route auto), else the last. Under 'best', a sample fooled
+at step 5 and pushed back to its class by step 20 still counts as broken.
+
 Attacks know nothing about reporting: `perturb(x, y)` returns the adversarial batch. The model runs
 in eval mode during the attack (each submodule's mode is restored after) and its parameters get no gradients.
 An AW-Net is attacked in the route given by `route` ('auto', 'adv', ...; None keeps its own).
 """
+import math
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Optional
 
@@ -23,10 +29,12 @@ import torch.nn.functional as F
 
 from ..models import AWNet, use_route
 
-__all__ = ['LinfPGD', 'FGSM', 'ATTACK_LOSSES', 'RANDOM_STARTS', 'attack_loss', 'eval_mode']
+__all__ = ['LinfPGD', 'FGSM', 'ATTACK_LOSSES', 'RANDOM_STARTS', 'KEEP', 'attack_loss', 'check_pixels', 'eval_mode',
+           'scored_logits']
 
 ATTACK_LOSSES = ('ce', 'kl', 'cw')
 RANDOM_STARTS = ('uniform', 'normal', 'none')
+KEEP = ('last', 'best')
 
 
 @contextmanager
@@ -39,6 +47,22 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def check_pixels(x: torch.Tensor, what: str = 'attacks take') -> None:
+    """Refuse NaN, inf and values outside [0, 1] (one host sync)."""
+    lo, hi = (v.item() for v in torch.aminmax(x.detach()))
+    if not (0 <= lo and hi <= 1):  # NaN fails both comparisons
+        got = f'values in [{lo:.3g}, {hi:.3g}]' if math.isfinite(lo) and math.isfinite(hi) else 'non-finite values (NaN or inf)'
+        raise ValueError(f'{what} pixels in [0, 1], got {got}')
+
+
+@torch.no_grad()
+def scored_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The logits the evaluator scores: an AW-Net with a router in route auto, any other model as it is."""
+    if isinstance(model, AWNet) and model.router is not None:
+        return model.forward_with_router(x, route='auto')[0]
+    return model(x)
 
 
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, clean_probs: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -67,6 +91,8 @@ class LinfPGD:
         random_start: 'uniform' (U(-eps, eps), Madry), 'normal' (0.001 * N(0, 1), as TRADES and
             MTARD start) or 'none'.
         route: For an AW-Net, the route to attack it in (None keeps the model's own).
+        keep: 'last' iterate (training) or, per sample, the first iterate the model misclassifies ('best',
+            evaluation; one extra forward pass per step).
         check_range: Reject inputs outside [0, 1] (one host sync per call; a training loop whose
             data is known to be in range can turn it off).
     """
@@ -80,12 +106,15 @@ class LinfPGD:
             loss: str = 'ce',
             random_start: str = 'uniform',
             route: Optional[str] = None,
+            keep: str = 'last',
             check_range: bool = True,
     ):
         if loss not in ATTACK_LOSSES:
             raise ValueError(f"unknown attack loss '{loss}': expected one of {', '.join(ATTACK_LOSSES)}")
         if random_start not in RANDOM_STARTS:
             raise ValueError(f"unknown random_start '{random_start}': expected one of {', '.join(RANDOM_STARTS)}")
+        if keep not in KEEP:
+            raise ValueError(f"unknown keep '{keep}': expected one of {', '.join(KEEP)}")
         if not 0 <= eps <= 1 or step_size < 0 or steps < 1:
             raise ValueError(f'need 0 <= eps <= 1 (pixel units), step_size >= 0 and steps >= 1; '
                              f'got eps={eps}, step_size={step_size}, steps={steps}')
@@ -98,6 +127,7 @@ class LinfPGD:
         self.loss = loss
         self.random_start = random_start
         self.route = route
+        self.keep = keep
         self.check_range = check_range
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,9 +142,7 @@ class LinfPGD:
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for (x, y): within eps of x in L-inf, pixels in [0, 1]."""
         if self.check_range:
-            lo, hi = torch.aminmax(x.detach())
-            if lo < 0 or hi > 1:
-                raise ValueError(f'attacks take pixels in [0, 1], got values in [{lo.item():.3g}, {hi.item():.3g}]')
+            check_pixels(x)
         with eval_mode(self.model), use_route(self.model, self.route) if self.route is not None else nullcontext():
             return self._run(x.detach(), y)
 
@@ -129,16 +157,24 @@ class LinfPGD:
         """Per-sample loss (B,) the attack maximises; subclasses (router-aware attacks) override it."""
         return attack_loss(self.model(x_adv), y, self.loss, context)
 
+    def _fooled(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return scored_logits(self.model, x_adv).argmax(1) != y
+
     def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         context = self._prepare(x, y)
         x_adv = self._start(x)
+        if self.keep == 'best':
+            best, found = x_adv.clone(), self._fooled(x_adv, y)
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
                 grad, = torch.autograd.grad(self.objective(x_adv, y, context).sum(), x_adv)
             x_adv = x_adv.detach() + self.step_size * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
-        return x_adv.detach()
+            if self.keep == 'best':  # a sample keeps its first fooling iterate; the others follow the attack
+                best = torch.where(found[:, None, None, None], best, x_adv)
+                found |= self._fooled(x_adv, y)
+        return (best if self.keep == 'best' else x_adv).detach()
 
 
 class FGSM(LinfPGD):

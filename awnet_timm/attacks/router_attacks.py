@@ -1,4 +1,4 @@
-""" Attacks that target AW-Net's router (ROBUST_EVAL.md section 4), and mixed-surrogate transfer
+""" Attacks that target AW-Net's router (docs/evaluation.md section 6), and mixed-surrogate transfer
 
 The router's P(clean) and signals are near-saturated on a trained AW-Net, so plain gradient attacks can
 stall in the robust "adv" mode (gradient masking). These attacks go around it; the evaluator scores
@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import AWNet
-from .pgd import LinfPGD, attack_loss, eval_mode
+from .pgd import LinfPGD, attack_loss, eval_mode, scored_logits
 
 __all__ = ['ForcedRoutePGD', 'TwoPhaseAttack', 'SignalMatchPGD', 'JointLossPGD', 'MixedSurrogateAttack']
 
@@ -92,7 +92,7 @@ class TwoPhaseAttack(LinfPGD):
     """ Margin loss until misclassified, then maximise log P(clean) while staying misclassified.
 
     Returns, per sample, the misclassified iterate with the highest P(clean) (or the last iterate when
-    none was misclassified). Defaults follow ROBUST_EVAL.md: 100 steps of 2.5 eps / 100, uniform start.
+    none was misclassified): its own best-iterate rule, whatever `keep` says. Defaults (docs/evaluation.md section 6): 100 steps of 2.5 eps / 100, uniform start.
     """
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, steps: int = 100, step_size: Optional[float] = None, **kwargs):
@@ -129,18 +129,22 @@ class MixedSurrogateAttack:
     Args:
         target: The model the examples are for (used only to check which examples fool it).
         attacks: Attacks built on surrogate models (any objects with `perturb(x, y)`).
+        batch_size: Images per forward pass of `target` when checking (x may be the whole evaluation set).
     """
 
-    def __init__(self, target: nn.Module, attacks: Sequence[Any]):
+    def __init__(self, target: nn.Module, attacks: Sequence[Any], batch_size: int = 500):
         if not attacks:
             raise ValueError('MixedSurrogateAttack needs at least one surrogate attack')
         self.target = target
         self.attacks = list(attacks)
+        self.batch_size = batch_size
 
     @torch.no_grad()
     def _fooled(self, x, y):
+        device = next(self.target.parameters(), x).device
         with eval_mode(self.target):
-            return self.target(x).argmax(1) != y
+            return torch.cat([scored_logits(self.target, x[i:i + self.batch_size].to(device)).argmax(1).to(x.device)
+                              != y[i:i + self.batch_size] for i in range(0, len(x), self.batch_size)])
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out, done = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)

@@ -8,8 +8,9 @@ Dataset names:
   usual torchvision way); splits 'train' and 'test'.
 - 'cifar10-offline': the npz copy of CIFAR-10 (`offline_cifar10.py`); splits 'train' and 'test'
   (JPEG copies, not bit-exact) and 'test-exact' (the first 1017 test images, exact pixels).
-- 'imagefolder': `root/<split>/<class>/<image>`, decoded once and resized to `img_size`. Having no
-  official order, a `limit` takes a fixed random subset (seed 0) rather than the first classes.
+- 'imagefolder': `root/<split>/<class>/<image>`, decoded once to `in_chans` channels (1: grayscale,
+  3: RGB) and resized to `img_size`. Having no official order, a `limit` takes a fixed random subset
+  (seed 0) rather than the first classes.
 """
 import os
 from typing import NamedTuple, Optional, Tuple
@@ -20,11 +21,16 @@ from PIL import Image
 
 from .offline_cifar10 import OFFLINE_CIFAR10_FILES, load_offline_cifar10
 
-__all__ = ['ImageTensors', 'DATASETS', 'load_dataset']
+__all__ = ['ImageTensors', 'DATASETS', 'DatasetError', 'load_dataset']
 
 DATASETS = ('cifar10', 'cifar100', 'cifar10-offline', 'imagefolder')
 
+_PIL_MODES = {1: 'L', 3: 'RGB'}  # ImageFolder decoding by channel count
 _CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+
+
+class DatasetError(ValueError):
+    """A dataset, split or option that cannot be loaded as asked, with what was expected."""
 
 
 class ImageTensors(NamedTuple):
@@ -48,7 +54,7 @@ def _from_nhwc(x: np.ndarray, y, classes) -> ImageTensors:
 def _load_torchvision_cifar(name: str, root: str, split: str, download: bool) -> ImageTensors:
     from torchvision.datasets import CIFAR10, CIFAR100
     if split not in ('train', 'test'):
-        raise ValueError(f"unknown split '{split}' for {name}: expected 'train' or 'test'")
+        raise DatasetError(f"unknown split '{split}' for {name}: expected 'train' or 'test'")
     cls = CIFAR10 if name == 'cifar10' else CIFAR100
     try:
         ds = cls(root, train=split == 'train', download=download)
@@ -59,7 +65,7 @@ def _load_torchvision_cifar(name: str, root: str, split: str, download: bool) ->
     return _from_nhwc(ds.data, ds.targets, ds.classes)
 
 
-def _load_imagefolder(root: str, split: str, img_size: Optional[int]) -> ImageTensors:
+def _load_imagefolder(root: str, split: str, img_size: Optional[int], in_chans: int) -> ImageTensors:
     from torchvision.datasets import ImageFolder
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
@@ -69,17 +75,17 @@ def _load_imagefolder(root: str, split: str, img_size: Optional[int]) -> ImageTe
             f"(found {found or 'nothing'})")
     ds = ImageFolder(split_dir)
     if not ds.samples:
-        raise ValueError(f"'{split_dir}' has class folders but no images")
+        raise DatasetError(f"'{split_dir}' has class folders but no images")
     images = []
     for path, _ in ds.samples:
         with Image.open(path) as im:
-            im = im.convert('RGB')
+            im = im.convert(_PIL_MODES[in_chans])
             if img_size is not None and im.size != (img_size, img_size):
                 im = im.resize((img_size, img_size), Image.BICUBIC)
-            images.append(np.asarray(im))
+            images.append(np.asarray(im).reshape(im.size[1], im.size[0], in_chans))
     sizes = {im.shape for im in images}
     if len(sizes) > 1:
-        raise ValueError(f"images in '{split_dir}' have different sizes {sorted(sizes)}: pass img_size to resize them")
+        raise DatasetError(f"images in '{split_dir}' have different sizes {sorted(sizes)}: pass img_size to resize them")
     return _from_nhwc(np.stack(images), ds.targets, ds.classes)
 
 
@@ -90,21 +96,29 @@ def load_dataset(
         download: bool = False,
         img_size: Optional[int] = None,
         limit: Optional[int] = None,
+        in_chans: int = 3,
 ) -> ImageTensors:
-    """The first `limit` images (all if None) of a dataset split, as uint8 tensors in official order."""
+    """The first `limit` images (all if None) of a dataset split, as uint8 tensors in official order.
+
+    `in_chans` is the model's channel count: ImageFolder images are decoded to it (1: grayscale, 3: RGB);
+    the CIFAR sets are RGB only.
+    """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset '{name}': expected one of {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset '{name}': expected one of {', '.join(DATASETS)}")
     if not root:
-        raise ValueError(f"dataset '{name}' needs a root directory (--data-dir)")
+        raise DatasetError(f"dataset '{name}' needs a root directory (--data-dir)")
+    if in_chans not in _PIL_MODES or (name != 'imagefolder' and in_chans != 3):
+        kinds = 'RGB images (in_chans 3)' if name != 'imagefolder' else 'grayscale (in_chans 1) or RGB (in_chans 3) images'
+        raise DatasetError(f"dataset '{name}' gives {kinds}, but the model takes in_chans={in_chans}")
     if name in ('cifar10', 'cifar100'):
         data = _load_torchvision_cifar(name, root, split, download)
     elif name == 'cifar10-offline':
         if split not in OFFLINE_CIFAR10_FILES:
-            raise ValueError(f"unknown split '{split}' for cifar10-offline: expected one of {', '.join(OFFLINE_CIFAR10_FILES)}")
+            raise DatasetError(f"unknown split '{split}' for cifar10-offline: expected one of {', '.join(OFFLINE_CIFAR10_FILES)}")
         x, y = load_offline_cifar10(root, split, limit)
         data = _from_nhwc(x, y, _CIFAR10_CLASSES)
     else:
-        data = _load_imagefolder(root, split, img_size)
+        data = _load_imagefolder(root, split, img_size, in_chans)
         if limit is not None and limit < len(data):
             # folders are read class by class: a limit takes a fixed random subset, not the first classes
             keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:limit].sort().values

@@ -3,15 +3,16 @@ import argparse
 import json
 import os
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from ..attacks import has_hpm_head, hpm_surrogates
 from ..data import load_dataset
-from ..utils import atomic_write_text, number_arg, sha256_file
-from .filters import conv_layers, filter_means, plot_filter_means, summarize
-from .harness import evaluate_robustness
-from .report import build_record, markdown_table, plot_eps_curve, plot_tradeoff, write_report
+from ..utils import atomic_write_text, check_output_path, number_arg, resolve_device, sha256_file
+from .filters import conv_layer_name, filter_means, plot_filter_means, summarize
+from .harness import SANITY_N, evaluate_robustness
+from .report import build_record, load_record, markdown_table, plot_eps_curve, plot_tradeoff, write_report
 from .suite import GROUPS, build_suite
 
 __all__ = ['add_eval_parser', 'add_plot_parser', 'add_filters_parser', 'load_eval_data', 'load_model']
@@ -19,18 +20,42 @@ __all__ = ['add_eval_parser', 'add_plot_parser', 'add_filters_parser', 'load_eva
 _DEFAULT_SPLIT = {'cifar10-offline': 'test-exact', 'cifar10': 'test', 'cifar100': 'test', 'imagefolder': 'val'}
 
 
-def load_eval_data(dataset: str, data_dir: str, split: str, n: int) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
-    """The first n images of a split in the dataset's official order, as [0, 1] pixels, and a description."""
-    data = load_dataset(dataset, data_dir, split, limit=n)
-    if n and len(data) < n:
-        raise ValueError(f'asked for the first {n} images of {dataset}/{split}, which has only {len(data)}')
+def load_eval_data(dataset: str, data_dir: str, split: str, n: Optional[int], img_size: Optional[int] = None,
+                   in_chans: int = 3) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    """ n images of a split (None: all) as [0, 1] pixels, and a description of what was taken.
+
+    CIFAR: the first n in the official order. ImageFolder (no official order): a fixed random subset
+    (seed 0, kept in folder order) when n is below the folder's size, else all of it.
+    """
+    if n is not None and n < 1:
+        raise ValueError(f'--n must be a positive number of images, got {n}')
+    data = load_dataset(dataset, data_dir, split, limit=n, img_size=img_size, in_chans=in_chans)
+    if n is not None and len(data) < n:
+        raise ValueError(f'asked for {n} images of {dataset}/{split}, which has only {len(data)}')
     kind = {'test-exact': 'exact pixels', 'test': 'JPEG copy, not bit-exact', 'train': 'JPEG copy, not bit-exact'}
-    what = f"first {len(data)} {'CIFAR-10' if dataset.startswith('cifar10') else dataset} {split} images"
+    if dataset == 'imagefolder':
+        from torchvision.datasets import ImageFolder
+        total = len(ImageFolder(os.path.join(data_dir, split)).samples)
+        subset = len(data) < total
+        order = 'fixed random subset (seed 0), in folder order' if subset else 'all images, in folder order'
+        what = (f'{len(data)} of the {total} ImageFolder {split} images (a fixed random subset, seed 0)' if subset
+                else f'all {total} ImageFolder {split} images')
+    else:
+        order = 'official (first n, no shuffle)'
+        what = f"first {len(data)} {'CIFAR-10' if dataset.startswith('cifar10') else dataset} {split} images"
     if dataset == 'cifar10-offline':
         what += f" ({kind.get(split, split)})"
-    info = {'dataset': dataset, 'split': split, 'n': len(data), 'order': 'official (first n, no shuffle)',
+    info = {'dataset': dataset, 'split': split, 'n': len(data), 'order': order,
             'exact_pixels': not (dataset == 'cifar10-offline' and split != 'test-exact'), 'description': what}
+    if img_size is not None:
+        info['img_size'] = img_size
     return data.images.float() / 255, data.labels, info
+
+
+def _in_chans(model: torch.nn.Module) -> int:
+    """The channel count the model takes (its first conv's), which ImageFolder images are decoded to."""
+    conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
 
 
 def load_model(spec: str, model_kwargs: Dict[str, Any] = None):
@@ -41,12 +66,10 @@ def load_model(spec: str, model_kwargs: Dict[str, Any] = None):
     return create_model_with_weights(name, checkpoint, **(model_kwargs or {})), path
 
 
-def _device(name: str) -> torch.device:
-    return torch.device('cuda' if name == 'auto' and torch.cuda.is_available() else 'cpu' if name == 'auto' else name)
-
-
 def run_eval(args) -> int:
-    device = _device(args.device)
+    device = resolve_device(args.device)
+    out = args.out or os.path.join('output', 'eval', f"{args.model.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    check_output_path(out)  # before any attack: an unwritable path must not cost the evaluation
     spec = args.model + (f'={args.checkpoint}' if args.checkpoint else '')
     model, weights = load_model(spec, args.model_kwargs)
     model = model.to(device).eval()
@@ -54,23 +77,38 @@ def run_eval(args) -> int:
     for s in args.surrogate:
         s_model, _ = load_model(s)
         surrogates[s.partition('=')[0].replace('/', '_')] = s_model.to(device).eval()
+    attacks = list(args.attacks)
+    if has_hpm_head(model):  # its STE masks gradients: add MSA on its differentiable surrogates, and black-box attacks
+        surrogates = {**hpm_surrogates(model), **surrogates}
+        attacks += [g for g in ('transfer', 'blackbox') if g not in attacks]
     split = args.split or _DEFAULT_SPLIT[args.dataset]
-    x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n)
-    specs = build_suite(model, args.attacks, eps=args.eps, random_start=args.random_start, cw_step=args.cw_step,
+    x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, _in_chans(model))
+    specs = build_suite(model, attacks, eps=args.eps, random_start=args.random_start, cw_step=args.cw_step,
                         router_steps=args.router_steps, square_queries=args.square_queries, aa_version=args.aa_version,
-                        seed=args.seed, batch_size=args.batch_size, surrogates=surrogates)
+                        seed=args.seed, batch_size=args.aa_batch_size, surrogates=surrogates, progress=args.progress)
     print(f"awnet eval: {spec} on {info['description']}, {device}, attacks: {', '.join(s.name for s in specs)}")
+    sha = sha256_file(weights) if weights else None
+
+    def save(result):  # after every attack, so an interruption or a late failure loses nothing
+        record = build_record(result, args.model, args.checkpoint or args.model, info, args.eps, args.seed, str(device),
+                              checkpoint_sha256=sha)
+        write_report(record, out)
+        return record
+
     result = evaluate_robustness(model, x, y, specs, batch_size=args.batch_size, device=device, seed=args.seed,
-                                 sanity=args.sanity, progress=args.progress)
-    record = build_record(result, args.model, args.checkpoint or args.model, info, args.eps, args.seed, str(device),
-                          checkpoint_sha256=sha256_file(weights) if weights else None)
-    out = args.out or os.path.join('output', 'eval', f"{args.model.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    write_report(record, out)
+                                 sanity=args.sanity, sanity_n=args.sanity_n, random_start=args.random_start,
+                                 progress=args.progress, on_attack=save)
+    record = save(result)
     if args.sanity:
         plot_eps_curve([record], os.path.splitext(out)[0] + '-eps.png')
     print(markdown_table(record))
     print(f'awnet eval: report in {out} (and .md{", -eps.png" if args.sanity else ""})')
     return 0
+
+
+def _switch(p: argparse.ArgumentParser, flag: str, default: bool, help_text: str) -> None:
+    action = p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+    action.help = help_text  # set afterwards: some Pythons' BooleanOptionalAction append their own '(default: ...)'
 
 
 def add_eval_parser(sub) -> argparse.ArgumentParser:
@@ -84,33 +122,44 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--dataset', default='cifar10-offline', choices=sorted(_DEFAULT_SPLIT), help='dataset (default: %(default)s)')
     p.add_argument('--data-dir', required=True, help='dataset root (e.g. ../shared/data/cifar10)')
     p.add_argument('--split', default='', help="split (default: test-exact for cifar10-offline, test for cifar10/100, val for imagefolder)")
-    p.add_argument('--n', type=int, default=1000, help='evaluate the first N images in official order (default: %(default)s)')
+    p.add_argument('--n', type=int, default=1000,
+                   help='images: the first N in official order (ImageFolder: a fixed random subset) (default: %(default)s)')
+    p.add_argument('--img-size', type=int, default=None,
+                   help='resize ImageFolder images to this size (needed when their sizes differ; default: as they are)')
     p.add_argument('--attacks', nargs='+', default=['paper', 'router'], metavar='NAME',
                    help=f'attacks or groups (default: paper router; router attacks apply to AW-Nets only). Groups: {groups}')
     p.add_argument('--eps', type=number_arg, default=8 / 255, help='L-inf radius in pixel units (default: 8/255)')
-    p.add_argument('--random-start', default='uniform', choices=('uniform', 'none'), help='PGD start (default: %(default)s)')
-    p.add_argument('--cw-step', type=number_arg, default=0.003, help='step size of CW-inf (default: %(default)s)')
+    p.add_argument('--random-start', default='uniform', choices=('uniform', 'none'),
+                   help='start of every PGD attack and of the sanity checks (default: %(default)s)')
+    p.add_argument('--cw-step', type=number_arg, default=None,
+                   help='step size of CW-inf (default: 0.003 at eps 8/255, scaled with eps like every step size)')
     p.add_argument('--router-steps', type=int, default=50, help='steps of the router-aware PGD attacks (default: %(default)s)')
     p.add_argument('--square-queries', type=int, default=5000, help='queries of the Square attack (default: %(default)s)')
     p.add_argument('--aa-version', default='standard', choices=('standard', 'plus'), help='AutoAttack version (default: %(default)s)')
     p.add_argument('--surrogate', action='append', default=[], metavar='MODEL[=CHECKPOINT]',
                    help='surrogate model for the transfer attacks (repeatable)')
-    p.add_argument('--batch-size', type=int, default=256, help='images per batch (default: %(default)s)')
-    p.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
+    p.add_argument('--batch-size', type=int, default=256, help='images per batch of the PGD attacks (default: %(default)s)')
+    p.add_argument('--aa-batch-size', type=int, default=500,
+                   help='images per batch of AutoAttack and Square, which run once over all N (default: %(default)s)')
+    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N' (default: %(default)s)")
     p.add_argument('--seed', type=int, default=0, help='seed of every attack (default: %(default)s)')
-    p.add_argument('--sanity', action=argparse.BooleanOptionalAction, default=True,
-                   help='run the gradient-masking sanity checks (eps sweep, PGD-20 vs PGD-100) (default: on)')
-    p.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bars (default: on)')
-    p.add_argument('--out', default='', help='report path (.json; default output/eval/<model>-<time>.json)')
+    _switch(p, '--sanity', True, 'run the gradient-masking sanity checks (eps sweep, PGD-20 vs PGD-100) (default: on)')
+    p.add_argument('--sanity-n', type=int, default=SANITY_N,
+                   help='points of the sanity checks (the first ones of the N) (default: %(default)s)')
+    _switch(p, '--progress', True, 'progress bars (default: on)')
+    p.add_argument('--out', default='', help='report path (.json; default output/eval/<model>-<time>.json); written '
+                                             'after every attack')
     p.set_defaults(func=run_eval)
     return p
 
 
 def run_plot(args) -> int:
-    records = []
-    for path in args.reports:
-        with open(path) as f:
-            records.append(json.load(f))
+    if args.labels and len(args.labels) != len(args.reports):
+        raise ValueError(f'{len(args.reports)} reports but {len(args.labels)} labels: give one label per report')
+    for path in (args.out, args.eps_curve):
+        if path:
+            check_output_path(path)
+    records = [load_record(path) for path in args.reports]
     plot_tradeoff(records, args.out, labels=args.labels or None)
     if args.eps_curve:
         plot_eps_curve(records, args.eps_curve)
@@ -133,11 +182,11 @@ def run_filters(args) -> int:
     labels = args.labels or [m.partition('=')[0] for m in args.models]
     if len(labels) != len(args.models):
         raise ValueError(f'{len(args.models)} models but {len(labels)} labels')
+    check_output_path(args.out)
     layer_name = ''
     for label, spec in zip(labels, args.models):
         model, _ = load_model(spec)
-        names = conv_layers(model)
-        layer_name = names[int(args.layer)] if args.layer.lstrip('-').isdigit() else args.layer
+        layer_name = conv_layer_name(model, args.layer)
         means[label] = filter_means(model, args.layer)
         summary[label] = dict(summarize(means[label]), layer=layer_name, model=spec)
     plot_filter_means(means, args.out, layer=layer_name)

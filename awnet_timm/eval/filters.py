@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..utils import atomic_write
 
-__all__ = ['conv_layers', 'filter_means', 'summarize', 'plot_filter_means']
+__all__ = ['conv_layers', 'conv_layer_name', 'filter_means', 'summarize', 'plot_filter_means']
 
 
 def conv_layers(model: nn.Module) -> List[str]:
@@ -21,19 +21,25 @@ def conv_layers(model: nn.Module) -> List[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and not name.startswith('router.')]
 
 
-def filter_means(model: nn.Module, layer: Union[str, int] = 1) -> torch.Tensor:
-    """(C_out,) mean weight of each filter of a conv layer, given by name or by index into `conv_layers`
-    (default 1: the second conv layer, as in the paper's Figure 1)."""
+def conv_layer_name(model: nn.Module, layer: Union[str, int] = 1) -> str:
+    """The name of a conv layer given by name or by index into `conv_layers` (ValueError when there is none)."""
     names = conv_layers(model)
     if isinstance(layer, int) or (isinstance(layer, str) and layer.lstrip('-').isdigit()):
         index = int(layer)
         if not -len(names) <= index < len(names):
-            raise ValueError(f'conv layer index {index} out of range: the model has {len(names)} conv layers')
-        layer = names[index]
+            raise ValueError(f'conv layer index {index} out of range: the model has {len(names)} conv layers '
+                             f'(0 to {len(names) - 1})')
+        return names[index]
     modules = dict(model.named_modules())
     if layer not in modules or not isinstance(modules[layer], nn.Conv2d):
         raise ValueError(f"'{layer}' is not a conv layer of {type(model).__name__}: expected one of {names[:6]} ...")
-    weight = modules[layer].weight.detach().float()
+    return layer
+
+
+def filter_means(model: nn.Module, layer: Union[str, int] = 1) -> torch.Tensor:
+    """(C_out,) mean weight of each filter of a conv layer, given by name or by index into `conv_layers`
+    (default 1: the second conv layer, as in the paper's Figure 1)."""
+    weight = dict(model.named_modules())[conv_layer_name(model, layer)].weight.detach().float()
     return weight.flatten(1).mean(1).cpu()
 
 

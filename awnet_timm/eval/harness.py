@@ -1,28 +1,40 @@
 """ Robustness evaluation: every attack scored on the real model, per-sample worst case, router statistics
 
-Conventions (RobustBench / AutoAttack, ROBUST_EVAL.md section 1): the model is in eval mode and, for an
+Conventions (RobustBench / AutoAttack, docs/evaluation.md section 1): the model is in eval mode and, for an
 AW-Net, in route auto for every score; inputs are [0, 1] pixels and eps is in pixel units; robust
 accuracy is over all N points (a point misclassified when clean is not robust); fp32.
 W-Robust accuracy = (clean + robust) / 2 (the paper's Eq. 23), for each attack and for the worst case.
 The evaluator knows nothing about gradients: attacks come from `suite.py` as objects with `perturb`.
+Every example is checked (finite, in [0, 1], within eps) before it is scored. An attack that batches by
+itself (AutoAttack) gets the whole set in one call; the others get the evaluator's batches.
 
-Sanity checks (Carlini et al. 2019) run with the evaluation and flag gradient masking:
-accuracy falls as eps grows and is ~0 at a large eps; more PGD steps never raise accuracy; a black-box
-attack never beats the best white-box one; a single-step attack never beats an iterative one.
+Sanity checks (Carlini et al. 2019) run with the evaluation and flag gradient masking: accuracy is ~0 at a
+large eps; PGD-20 has converged (PGD-100 breaks few more points); a black-box attack never beats the best
+white-box one; a single-step attack never beats an iterative one. Their cost stays a fraction of the
+attacks': the eps sweep runs on the first `sanity_n` points, attacks only the points still robust at the
+previous eps (an example found at a smaller eps lies in every larger ball, so the curve is the accuracy
+left after PGD-20 at each eps or any smaller one), and PGD-100 runs only on the points PGD-20 left robust.
 """
+import math
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..attacks import check_pixels
 from ..models import AWNet
-from .suite import AttackSpec, pgd_spec
+from .suite import PROTOCOL_EPS, AttackSpec, pgd_spec
 
-__all__ = ['evaluate_robustness', 'detection_auc', 'sanity_checks', 'SANITY_EPS']
+__all__ = ['evaluate_robustness', 'detection_auc', 'sanity_checks', 'EvaluationError', 'SANITY_EPS', 'SANITY_N']
 
 SANITY_EPS = (2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255, 32 / 255, 128 / 255)
+SANITY_N = 200  # points of the eps sweep and of the PGD-100 check
+
+
+class EvaluationError(ValueError):
+    """Inputs, a model or an attack's examples that cannot be scored, with what was expected."""
 
 
 def detection_auc(p_clean_on_clean: torch.Tensor, p_clean_on_adv: torch.Tensor) -> float:
@@ -39,10 +51,24 @@ def _bits(mask: torch.Tensor) -> str:
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor):
+    """(logits, P(clean) or None) as scored: an AW-Net with a router in route auto."""
     if isinstance(model, AWNet) and model.router is not None:
         logits, router_out = model.forward_with_router(x, route='auto')
-        return logits.argmax(1), router_out.p_clean
-    return model(x).argmax(1), None
+        return logits, router_out.p_clean
+    return model(x), None
+
+
+def _check_examples(name: str, x_adv: torch.Tensor, x: torch.Tensor, eps: Optional[float]) -> None:
+    if x_adv.shape != x.shape:
+        raise EvaluationError(f"attack '{name}' returned a batch of shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    lo, hi = torch.aminmax(x_adv)
+    lo, hi, dist = torch.stack([lo, hi, (x_adv - x).abs().max()]).tolist()  # one host sync per batch
+    if not all(math.isfinite(v) for v in (lo, hi, dist)):
+        raise EvaluationError(f"attack '{name}' returned non-finite pixels (NaN or inf); a model whose gradients are "
+                              f"NaN makes them: check the model's forward on these inputs")
+    if lo < 0 or hi > 1 or (eps is not None and dist > eps + 1e-5):
+        raise EvaluationError(f"attack '{name}' returned examples outside the eps-ball or [0, 1] (pixels in "
+                              f"[{lo:.3g}, {hi:.3g}], L-inf distance {dist:.4g}, eps {eps})")
 
 
 def _run_attack(model, spec: AttackSpec, x, y, batch_size, device, seed, progress) -> Dict[str, Any]:
@@ -52,22 +78,51 @@ def _run_attack(model, spec: AttackSpec, x, y, batch_size, device, seed, progres
     correct, p_clean = [], []
     t0 = time.time()
     eps = spec.params.get('eps')
+    x_adv_all = attack.perturb(x, y) if spec.whole_set else None  # once, with the attack's own batching and seed
     batches = range(0, len(x), batch_size)
-    for i in tqdm(batches, desc=spec.name, leave=False, disable=not progress):
+    for i in tqdm(batches, desc=spec.name, leave=False, disable=not progress or spec.whole_set):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        x_adv = attack.perturb(xb, yb)
-        lo, hi = torch.aminmax(x_adv)
-        outside = (lo < 0) | (hi > 1)
-        if eps is not None and x_adv.shape == xb.shape:
-            outside |= (x_adv - xb).abs().max() > eps + 1e-5
-        if x_adv.shape != xb.shape or outside.item():  # one host sync per batch
-            raise RuntimeError(f"attack '{spec.name}' returned examples outside the eps-ball or [0, 1]")
-        pred, pc = _predict(model, x_adv)
-        correct.append((pred == yb).cpu())
+        x_adv = attack.perturb(xb, yb) if x_adv_all is None else x_adv_all[i:i + batch_size].to(device)
+        _check_examples(spec.name, x_adv, xb, eps)
+        logits, pc = _predict(model, x_adv)
+        correct.append((logits.argmax(1) == yb).cpu())
         if pc is not None:
             p_clean.append(pc.float().cpu())
     return {'correct': torch.cat(correct), 'p_clean': torch.cat(p_clean) if p_clean else None,
             'seconds': time.time() - t0, 'warnings': list(getattr(attack, 'check_warnings', []))}
+
+
+def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> None:
+    if x.dim() != 4 or x.dtype != torch.float32:
+        raise EvaluationError(f'evaluation takes float32 (N, C, H, W) pixels in [0, 1], got {tuple(x.shape)} {x.dtype}')
+    check_pixels(x, 'evaluation takes')
+    if len(x) != len(y) or len(x) == 0:
+        raise EvaluationError(f'evaluation needs as many labels as images, at least one: got {len(x)} images, {len(y)} labels')
+    if batch_size < 1:
+        raise EvaluationError(f'batch size must be at least 1, got {batch_size}')
+    logits, _ = _predict(model, x[:1].to(device))
+    if logits.dim() != 2 or int(y.max()) >= logits.shape[1] or int(y.min()) < 0:
+        raise EvaluationError(f'the model gives {logits.shape[-1]} class scores, but the labels go from {int(y.min())} to '
+                              f'{int(y.max())}: evaluate a model made for this dataset\'s classes')
+
+
+def _summary(clean_correct, p_clean_clean, attacks, outcomes) -> Dict[str, Any]:
+    """The result over the attacks run so far (per-sample worst case over them)."""
+    clean_acc = clean_correct.float().mean().item()
+    worst = clean_correct.clone()
+    for correct in outcomes.values():
+        worst &= correct
+    robust_worst = worst.float().mean().item()
+    return {
+        'clean_acc': clean_acc,
+        'attacks': attacks,
+        'worst_case': {'robust_acc': robust_worst, 'w_robust_acc': (clean_acc + robust_worst) / 2,
+                       'attacks': list(outcomes)},
+        'router': {'p_clean_clean_mean': p_clean_clean.mean().item()} if p_clean_clean is not None else None,
+        # per image, '1' = still correctly classified: enough to recompute any worst case later
+        'per_sample': {'clean': _bits(clean_correct), 'worst_case': _bits(worst),
+                       **{name: _bits(c) for name, c in outcomes.items()}},
+    }
 
 
 def evaluate_robustness(
@@ -80,33 +135,36 @@ def evaluate_robustness(
         seed: int = 0,
         sanity: bool = True,
         sanity_eps: Sequence[float] = SANITY_EPS,
+        sanity_n: int = SANITY_N,
+        random_start: str = 'uniform',
         progress: bool = True,
+        on_attack: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> Dict[str, Any]:
-    """Clean accuracy, each attack's robust and W-Robust accuracy, the worst case, router stats, sanity flags."""
-    if x.dim() != 4 or x.dtype != torch.float32 or x.min() < 0 or x.max() > 1:
-        raise ValueError(f'evaluation takes float32 (N, C, H, W) pixels in [0, 1], got {tuple(x.shape)} {x.dtype}')
-    if len(x) != len(y):
-        raise ValueError(f'{len(x)} images but {len(y)} labels')
+    """ Clean accuracy, each attack's robust and W-Robust accuracy, the worst case, router stats, sanity flags.
+
+    `on_attack(partial_result)` is called after each attack (the result so far, `complete` False), so a
+    caller can save it; `random_start` is the sanity checks' PGD start. Raises EvaluationError for inputs
+    that are not finite [0, 1] pixels, labels the model has no class for, or an attack's invalid examples.
+    """
     device = device or next(model.parameters()).device
     model = model.to(device).eval()
+    _check_inputs(model, x, y, batch_size, device)
     t_start = time.time()
     clean_pred, clean_p = [], []
     for i in range(0, len(x), batch_size):
-        pred, pc = _predict(model, x[i:i + batch_size].to(device))
-        clean_pred.append(pred.cpu())
+        logits, pc = _predict(model, x[i:i + batch_size].to(device))
+        clean_pred.append(logits.argmax(1).cpu())
         if pc is not None:
             clean_p.append(pc.float().cpu())
     clean_correct = torch.cat(clean_pred) == y
     p_clean_clean = torch.cat(clean_p) if clean_p else None
     clean_acc = clean_correct.float().mean().item()
 
-    attacks, worst = [], clean_correct.clone()
-    outcomes = {}
+    attacks, outcomes = [], {}
     for spec in specs:
         out = _run_attack(model, spec, x, y, batch_size, device, seed, progress)
         correct = out['correct'] & clean_correct  # robust over all N: a clean mistake is not robust
         outcomes[spec.name] = correct
-        worst &= correct
         robust = correct.float().mean().item()
         record = {'name': spec.name, 'kind': spec.kind, 'params': spec.params, 'robust_acc': robust,
                   'w_robust_acc': (clean_acc + robust) / 2, 'seconds': out['seconds'], 'router': None}
@@ -116,48 +174,65 @@ def evaluate_robustness(
             record['router'] = {'p_clean_adv_mean': out['p_clean'].mean().item(),
                                 'detection_auc': detection_auc(p_clean_clean, out['p_clean'])}
         attacks.append(record)
-    robust_worst = worst.float().mean().item()
-    result = {
-        'clean_acc': clean_acc,
-        'attacks': attacks,
-        'worst_case': {'robust_acc': robust_worst, 'w_robust_acc': (clean_acc + robust_worst) / 2,
-                       'attacks': [s.name for s in specs]},
-        'router': {'p_clean_clean_mean': p_clean_clean.mean().item()} if p_clean_clean is not None else None,
-        # per image, '1' = still correctly classified: enough to recompute any worst case later
-        'per_sample': {'clean': _bits(clean_correct), 'worst_case': _bits(worst),
-                       **{name: _bits(c) for name, c in outcomes.items()}},
-    }
+        if on_attack is not None:
+            on_attack(dict(_summary(clean_correct, p_clean_clean, attacks, outcomes), complete=False,
+                           elapsed_seconds=time.time() - t_start))
+    result = _summary(clean_correct, p_clean_clean, attacks, outcomes)
     if sanity:
-        result['sanity'], result['eps_curve'] = sanity_checks(model, x, y, clean_correct, specs, attacks, batch_size,
-                                                              device, seed, sanity_eps, progress)
+        result['sanity'], result['eps_curve'], result['sanity_cost'] = sanity_checks(
+            model, x, y, clean_correct, specs, attacks, batch_size, device, seed, sanity_eps, progress,
+            sanity_n=sanity_n, random_start=random_start)
+    result['complete'] = True
     result['elapsed_seconds'] = time.time() - t_start
     return result
 
 
 def sanity_checks(model, x, y, clean_correct, specs, attacks, batch_size, device, seed,
-                  sanity_eps: Sequence[float] = SANITY_EPS, progress: bool = True):
-    """(checks, eps curve): each check is {'check', 'passed', 'detail'}; the curve is PGD-20 accuracy per eps."""
-    n = len(x)
-    tol = 1.0 / n + 1e-9  # one sample of slack against attack randomness
-    by_name = {a['name']: a for a in attacks}
+                  sanity_eps: Sequence[float] = SANITY_EPS, progress: bool = True, sanity_n: int = SANITY_N,
+                  random_start: str = 'uniform'):
+    """ (checks, eps curve, cost): each check is {'check', 'passed', 'detail'}; the curve is the accuracy left by
+    PGD-20 at each eps (or a smaller one) on the first `sanity_n` points; cost says what each part took. """
     kinds = {s.name: s for s in specs}
+    by_name = {a['name']: a for a in attacks}
+    eps = next((s.params['eps'] for s in specs if 'eps' in s.params), PROTOCOL_EPS)
+    m = min(sanity_n, len(x))
+    xs, ys = x[:m], y[:m]
+    tol = 1.0 / len(x) + 1e-9  # one sample of slack against attack randomness
 
-    def acc(spec):
-        return (_run_attack(model, spec, x, y, batch_size, device, seed, progress)['correct'] & clean_correct).float().mean().item()
+    def pgd(name, e, steps, robust):
+        """PGD on the points of the subset still robust; returns the new robust mask, points attacked, seconds."""
+        idx = robust.nonzero().squeeze(1)
+        if len(idx) == 0:
+            return robust, 0, 0.0
+        spec = pgd_spec(name, e, max(e / 4, 0.5 / 255), steps, 'ce', random_start)
+        out = _run_attack(model, spec, xs[idx], ys[idx], batch_size, device, seed, progress)
+        robust = robust.clone()
+        robust[idx] = out['correct']
+        return robust, len(idx), out['seconds']
 
+    robust, curve, at_eps, sweep_seconds = clean_correct[:m].clone(), [], None, 0.0  # a clean mistake is broken at every eps
+    for e in sorted(set(sanity_eps) | {eps}):
+        robust, attacked, seconds = pgd(f'sweep_{e * 255:.3g}', e, 20, robust)
+        curve.append({'eps': e, 'robust_acc': robust.float().mean().item(), 'attacked': attacked})
+        sweep_seconds += seconds
+        if e == eps:
+            at_eps = robust
     checks: List[Dict[str, Any]] = []
-    curve = [{'eps': e, 'robust_acc': acc(pgd_spec(f'sweep_{e:.4f}', e, max(e / 4, 0.5 / 255), 20))} for e in sanity_eps]
-    rising = [(a['eps'], b['eps']) for a, b in zip(curve, curve[1:]) if b['robust_acc'] > a['robust_acc'] + tol]
-    checks.append({'check': 'accuracy falls as eps grows', 'passed': not rising,
-                   'detail': 'PGD-20 accuracy per eps: ' + ', '.join(f"{c['eps'] * 255:.0f}/255: {c['robust_acc']:.3f}" for c in curve)
-                   + (f'; rises between {rising}' if rising else '')})
     largest = curve[-1]
     checks.append({'check': 'accuracy reaches ~0 at a large eps', 'passed': largest['robust_acc'] <= 0.02,
-                   'detail': f"PGD-20 at eps {largest['eps'] * 255:.0f}/255: {largest['robust_acc']:.3f} (expected <= 0.02)"})
-    eps = next((s.params['eps'] for s in specs if 'eps' in s.params), 8 / 255)
-    short, long = acc(pgd_spec('steps_20', eps, 2 / 255, 20)), acc(pgd_spec('steps_100', eps, 2 / 255, 100))
-    checks.append({'check': 'more steps never raise accuracy', 'passed': long <= short + tol,
-                   'detail': f'PGD-20 {short:.3f}, PGD-100 {long:.3f} (step 2/255)'})
+                   'detail': f"PGD-20 at eps {largest['eps'] * 255:.0f}/255: {largest['robust_acc']:.3f} (expected <= 0.02); "
+                             'per eps: ' + ', '.join(f"{c['eps'] * 255:.3g}/255: {c['robust_acc']:.3f}" for c in curve)})
+    long, attacked_100, seconds_100 = pgd('steps_100', eps, 100, at_eps)
+    short_acc, long_acc = at_eps.float().mean().item(), long.float().mean().item()
+    slack = max(1.0 / m, 0.02) + 1e-9
+    checks.append({'check': 'PGD-20 has converged (PGD-100 breaks few more points)', 'passed': long_acc >= short_acc - slack,
+                   'detail': f'on {m} points: PGD-20 {short_acc:.3f}, '
+                             f'PGD-100 on the {attacked_100} it left robust {long_acc:.3f} '
+                             f'(step {max(eps / 4, 0.5 / 255) * 255:.3g}/255; expected a drop <= {slack:.3f})'})
+    cost = {'n': m, 'random_start': random_start, 'eps_sweep_seconds': sweep_seconds,
+            'eps_sweep_attacked': sum(c['attacked'] for c in curve), 'pgd100_attacked': attacked_100,
+            'pgd100_seconds': seconds_100}
+    cost['seconds'] = cost['eps_sweep_seconds'] + seconds_100
     white = [a for a in attacks if kinds[a['name']].kind in ('white-box', 'router') and kinds[a['name']].iterative]
     best_white = min(white, key=lambda a: a['robust_acc']) if white else None
     for a in attacks:
@@ -173,4 +248,4 @@ def sanity_checks(model, x, y, clean_correct, specs, attacks, batch_size, device
     if 'autoattack' in by_name and by_name['autoattack'].get('autoattack_warnings'):
         checks.append({'check': "AutoAttack's own checks", 'passed': False,
                        'detail': ' | '.join(by_name['autoattack']['autoattack_warnings'])})
-    return checks, curve
+    return checks, curve, cost

@@ -6,11 +6,12 @@ The record is what model cards and MODEL_CARD.md read. Accuracies are fractions 
 import json
 import os
 import platform
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..utils import atomic_write, atomic_write_text, eps_string
 
-__all__ = ['REPORT_VERSION', 'build_record', 'write_report', 'markdown_table', 'plot_eps_curve', 'plot_tradeoff']
+__all__ = ['REPORT_VERSION', 'build_record', 'write_report', 'load_record', 'markdown_table', 'label_offsets', 'plot_eps_curve',
+           'plot_tradeoff']
 
 REPORT_VERSION = 1
 
@@ -54,9 +55,12 @@ def build_record(
         'seed': seed,
         'device': device,
         **{k: result[k] for k in ('clean_acc', 'attacks', 'worst_case', 'router')},
+        'complete': result.get('complete', True),  # False while attacks are still running (saved after each)
         'sanity': result.get('sanity', []),
         'sanity_passed': all(c['passed'] for c in result.get('sanity', [])),
         'eps_curve': result.get('eps_curve', []),
+        'sanity_cost': result.get('sanity_cost'),
+        'attack_seconds': sum(a['seconds'] for a in result['attacks']),
         'elapsed_seconds': result['elapsed_seconds'],
         'per_sample': result['per_sample'],
         'versions': _versions(),
@@ -86,8 +90,15 @@ def markdown_table(record: Dict[str, Any]) -> str:
         lines.append(f"| {a['name']} | {a['kind']} | {100 * a['robust_acc']:.2f} | {100 * a['w_robust_acc']:.2f} | {router} | {a['seconds']:.1f} |")
     w = record['worst_case']
     lines.append(f"| **worst case** (per sample) | all | **{100 * w['robust_acc']:.2f}** | **{100 * w['w_robust_acc']:.2f}** | | | |")
+    if not record.get('complete', True):
+        lines += ['', f"**Incomplete**: {len(record['attacks'])} attack(s) done so far; the worst case is over those."]
     if record.get('router'):
         lines += ['', f"Mean P(clean) on clean inputs: {record['router']['p_clean_clean_mean']:.3f}."]
+    cost = record.get('sanity_cost')
+    if cost:
+        lines += ['', f"Time: attacks {record['attack_seconds']:.1f} s, sanity checks {cost['seconds']:.1f} s (eps sweep on "
+                      f"{cost['n']} points, {cost['eps_sweep_attacked']} point-attacks: {cost['eps_sweep_seconds']:.1f} s; "
+                      f"PGD-100 on {cost['pgd100_attacked']} points: {cost['pgd100_seconds']:.1f} s)."]
     if record.get('sanity'):
         lines += ['', '| sanity check | passed | detail |', '|---|---|---|']
         lines += [f"| {c['check']} | {'yes' if c['passed'] else '**NO: possible gradient masking**'} | {c['detail']} |"
@@ -101,13 +112,31 @@ def write_report(record: Dict[str, Any], path: str) -> None:
     atomic_write_text(os.path.splitext(path)[0] + '.md', markdown_table(record))
 
 
+def load_record(path: str) -> Dict[str, Any]:
+    """An `awnet eval` record read back, with the fields the plots read checked (ValueError says which is missing)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"'{path}' is not an awnet eval record: not valid JSON ({e})") from None
+    if not isinstance(record, dict) or 'awnet_eval_version' not in record:
+        raise ValueError(f"'{path}' is not an awnet eval record (no 'awnet_eval_version'): give JSON files written by awnet eval")
+    ok = (isinstance(record.get('model'), str) and isinstance(record.get('clean_acc'), (int, float))
+          and isinstance(record.get('worst_case'), dict) and isinstance(record['worst_case'].get('robust_acc'), (int, float))
+          and isinstance(record.get('eps_curve', []), list))
+    if not ok:
+        raise ValueError(f"'{path}' is an awnet eval record without the numbers a plot needs (model, clean_acc, "
+                         f"worst_case.robust_acc, eps_curve)")
+    return record
+
+
 def _save_figure(fig, path: str):
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or 'png', dpi=150,
                                                bbox_inches='tight'))
 
 
-def plot_eps_curve(records: Sequence[Dict[str, Any]], path: str) -> None:
-    """Robust accuracy (PGD-20) against eps, one line per record with an eps curve."""
+def plot_eps_curve(records: Sequence[Dict[str, Any]], path: str):
+    """Robust accuracy (PGD-20) against eps, one line per record with an eps curve; returns the figure."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -116,26 +145,37 @@ def plot_eps_curve(records: Sequence[Dict[str, Any]], path: str) -> None:
         if r.get('eps_curve'):
             ax.plot([c['eps'] * 255 for c in r['eps_curve']], [100 * c['robust_acc'] for c in r['eps_curve']], 'o-', label=r['model'])
     ax.set_xscale('log', base=2)
+    ax.set_ylim(bottom=0)  # accuracies: matplotlib's margins would show negative percentages
     ax.set_xlabel('eps (x 1/255)')
     ax.set_ylabel('robust accuracy, PGD-20 (%)')
     ax.grid(alpha=.3)
     ax.legend()
     _save_figure(fig, path)
     plt.close(fig)
+    return fig
 
 
-def plot_tradeoff(records: Sequence[Dict[str, Any]], path: str, labels: Optional[List[str]] = None) -> None:
-    """Clean against worst-case robust accuracy, one point per record, with W-Robust iso-lines."""
+def label_offsets(points: Sequence[Tuple[float, float]], near: float = 4.0, line: float = 10.0) -> List[Tuple[float, float]]:
+    """Text offsets (in points) for labels of points (in %): a label near an earlier one goes one line lower."""
+    offsets: List[Tuple[float, float]] = []
+    for i, (x, y) in enumerate(points):
+        below = sum(1 for (px, py) in points[:i] if abs(px - x) < near and abs(py - y) < near)
+        offsets.append((4.0, 4.0 - line * below))
+    return offsets
+
+
+def plot_tradeoff(records: Sequence[Dict[str, Any]], path: str, labels: Optional[List[str]] = None):
+    """Clean against worst-case robust accuracy, one point per record, with W-Robust iso-lines; returns the figure."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 4))
     for w in range(30, 100, 10):  # W-Robust = (clean + robust) / 2 is constant along these lines
         ax.plot([2 * w - 100, 100], [100, 2 * w - 100], color='0.85', lw=.8, zorder=0)
-    for i, r in enumerate(records):
-        x, y = 100 * r['clean_acc'], 100 * r['worst_case']['robust_acc']
+    points = [(100 * r['clean_acc'], 100 * r['worst_case']['robust_acc']) for r in records]
+    for i, ((x, y), offset) in enumerate(zip(points, label_offsets(points))):
         ax.scatter([x], [y], zorder=2)
-        ax.annotate(labels[i] if labels else r['model'], (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+        ax.annotate(labels[i] if labels else records[i]['model'], (x, y), textcoords='offset points', xytext=offset, fontsize=8)
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
     ax.set_xlabel('clean accuracy (%)')
@@ -143,3 +183,4 @@ def plot_tradeoff(records: Sequence[Dict[str, Any]], path: str, labels: Optional
     ax.set_title('accuracy-robustness trade-off (grey: equal W-Robust accuracy)', fontsize=9)
     _save_figure(fig, path)
     plt.close(fig)
+    return fig

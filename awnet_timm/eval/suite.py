@@ -4,11 +4,14 @@ An `AttackSpec` is a name, a kind, its parameters (recorded in the report) and a
 the attack for a target model. `build_suite` expands group names:
 - 'paper': fgsm, pgd_sat (20 x 2/255), pgd_trades (20 x 0.003), cw_inf (30 steps, margin loss), autoattack
   (the AW-Net paper's protocol, Sec. 5.1, with AutoAttack 'standard');
-- 'router' (AW-Net only, ROBUST_EVAL.md section 4): forced_clean, forced_adv, router_detach, two_phase,
+- 'router' (AW-Net only, docs/evaluation.md section 6): forced_clean, forced_adv, router_detach, two_phase,
   signal_match, joint_adaptive (the paper's own adaptive attack);
 - 'blackbox': square (AutoAttack's Square, 5,000 queries);
 - 'transfer' (needs surrogates): transfer_<name> (PGD-sat on each surrogate) and msa (AutoAttack on
   every surrogate, per-sample first success).
+Step sizes are the paper's at its eps 8/255 and scale with eps (at 4/255, pgd_sat steps 1/255), so every
+attack can cross the ball at any eps. White-box PGD attacks keep, per sample, the first iterate that
+fools the model (`keep='best'`, as AutoAttack does); transfer attacks keep the last surrogate iterate.
 """
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -19,7 +22,7 @@ from ..attacks import (
     FGSM, AutoAttack, ForcedRoutePGD, JointLossPGD, LinfPGD, MixedSurrogateAttack, SignalMatchPGD, TwoPhaseAttack)
 from ..models import AWNet
 
-__all__ = ['AttackSpec', 'GROUPS', 'build_suite', 'pgd_spec']
+__all__ = ['AttackSpec', 'GROUPS', 'PROTOCOL_EPS', 'build_suite', 'pgd_spec']
 
 GROUPS = {
     'paper': ('fgsm', 'pgd_sat', 'pgd_trades', 'cw_inf', 'autoattack'),
@@ -27,6 +30,8 @@ GROUPS = {
     'blackbox': ('square',),
     'transfer': ('transfer', 'msa'),
 }
+
+PROTOCOL_EPS = 8 / 255  # the eps the paper's step sizes are given for
 
 
 @dataclass
@@ -36,14 +41,15 @@ class AttackSpec:
     params: Dict[str, Any]
     build: Callable[[nn.Module], Any] = field(repr=False)
     iterative: bool = True
+    whole_set: bool = False  # the attack batches and seeds by itself: give it the whole evaluation set at once
 
 
 def pgd_spec(name: str, eps: float, step_size: float, steps: int, loss: str = 'ce', random_start: str = 'uniform',
-             kind: str = 'white-box', route: Optional[str] = None) -> AttackSpec:
-    params = dict(attack='LinfPGD', eps=eps, step_size=step_size, steps=steps, loss=loss, random_start=random_start)
+             kind: str = 'white-box', route: Optional[str] = None, keep: str = 'best') -> AttackSpec:
+    params = dict(attack='LinfPGD', eps=eps, step_size=step_size, steps=steps, loss=loss, random_start=random_start, keep=keep)
     if route is not None:
         params['route'] = route
-    return AttackSpec(name, kind, params, lambda m: LinfPGD(m, eps, step_size, steps, loss, random_start, route=route))
+    return AttackSpec(name, kind, params, lambda m: LinfPGD(m, eps, step_size, steps, loss, random_start, route=route, keep=keep))
 
 
 def build_suite(
@@ -51,72 +57,93 @@ def build_suite(
         names: Sequence[str],
         eps: float = 8 / 255,
         random_start: str = 'uniform',
-        cw_step: float = 0.003,
+        cw_step: Optional[float] = None,
         router_steps: int = 50,
         square_queries: int = 5000,
         aa_version: str = 'standard',
         seed: int = 0,
         batch_size: int = 500,
         surrogates: Optional[Mapping[str, nn.Module]] = None,
+        progress: bool = False,
 ) -> List[AttackSpec]:
-    """The attacks named (or in the groups named) for `model`; router attacks need an AW-Net with a router."""
+    """ The attacks named (or in the groups named) for `model`.
+
+    Router attacks need an AW-Net with a router: named one by one for another model they are refused;
+    the 'router' group is skipped for it, unless nothing else is left to run. `cw_step` defaults to 0.003
+    at eps 8/255, scaled with eps; `batch_size` is AutoAttack's own (it sees the whole set at once).
+    """
     expanded: List[str] = []
     for name in names:
         for n in GROUPS.get(name, (name,)):
             if n not in expanded:
                 expanded.append(n)
     dynamic = isinstance(model, AWNet) and model.router is not None
+    if not dynamic:
+        named = [n for n in names if n in GROUPS['router']]
+        if named or all(n in GROUPS['router'] for n in expanded):
+            raise ValueError(f"router attacks ({', '.join(named or GROUPS['router'])}) need an AW-Net with a router, and "
+                             f"{type(model).__name__} has none: choose other attacks (e.g. --attacks paper)")
     surrogates = dict(surrogates or {})
+    scale = eps / PROTOCOL_EPS
+    step, trades_step = 2 / 255 * scale, 0.003 * scale
+    cw_step = 0.003 * scale if cw_step is None else cw_step
     specs = []
-    aa = dict(seed=seed, batch_size=batch_size)
+    aa = dict(seed=seed, batch_size=batch_size, progress=progress)
     for name in expanded:
         if name == 'fgsm':
-            specs.append(AttackSpec(name, 'white-box', dict(attack='FGSM', eps=eps), lambda m: FGSM(m, eps), iterative=False))
+            specs.append(AttackSpec(name, 'white-box', dict(attack='FGSM', eps=eps, step_size=eps), lambda m: FGSM(m, eps),
+                                    iterative=False))
         elif name == 'pgd_sat':
-            specs.append(pgd_spec(name, eps, 2 / 255, 20, 'ce', random_start))
+            specs.append(pgd_spec(name, eps, step, 20, 'ce', random_start))
         elif name == 'pgd_trades':
-            specs.append(pgd_spec(name, eps, 0.003, 20, 'ce', random_start))
+            specs.append(pgd_spec(name, eps, trades_step, 20, 'ce', random_start))
         elif name == 'cw_inf':
             specs.append(pgd_spec(name, eps, cw_step, 30, 'cw', random_start))
         elif name == 'autoattack':
-            specs.append(AttackSpec(name, 'white-box', dict(attack='AutoAttack', version=aa_version, eps=eps, norm='Linf', seed=seed),
-                                    lambda m: AutoAttack(m, eps, version=aa_version, **aa)))
+            specs.append(AttackSpec(name, 'white-box', dict(attack='AutoAttack', version=aa_version, eps=eps, norm='Linf',
+                                                            seed=seed, batch_size=batch_size),
+                                    lambda m: AutoAttack(m, eps, version=aa_version, **aa), whole_set=True))
         elif name == 'square':
-            specs.append(AttackSpec(name, 'black-box', dict(attack='Square', queries=square_queries, eps=eps, seed=seed),
+            specs.append(AttackSpec(name, 'black-box', dict(attack='Square', queries=square_queries, eps=eps, seed=seed,
+                                                            batch_size=batch_size),
                                     lambda m: AutoAttack(m, eps, version='custom', attacks=['square'],
-                                                         square_queries=square_queries, **aa)))
+                                                         square_queries=square_queries, **aa), whole_set=True))
         elif name in GROUPS['router']:
             if not dynamic:
-                continue  # a static model has no router to attack
-            step = 2 / 255
+                continue  # the group was asked for with other attacks: a static model has no router to attack
+            pgd = dict(eps=eps, step_size=step, steps=router_steps, random_start=random_start, keep='best')
             if name in ('forced_clean', 'forced_adv'):
                 forced = name.split('_')[1]
-                specs.append(AttackSpec(name, 'router', dict(attack='ForcedRoutePGD', forced=forced, eps=eps, step_size=step, steps=router_steps),
-                                        lambda m, f=forced: ForcedRoutePGD(m, f, eps=eps, step_size=step, steps=router_steps)))
+                specs.append(AttackSpec(name, 'router', dict(attack='ForcedRoutePGD', forced=forced, **pgd),
+                                        lambda m, f=forced: ForcedRoutePGD(m, f, **pgd)))
             elif name == 'router_detach':
                 specs.append(pgd_spec(name, eps, step, router_steps, 'ce', random_start, kind='router', route='detach'))
             elif name == 'two_phase':
-                specs.append(AttackSpec(name, 'router', dict(attack='TwoPhaseAttack', eps=eps, steps=100, step_size=2.5 * eps / 100),
-                                        lambda m: TwoPhaseAttack(m, eps=eps, steps=100)))
+                two = dict(eps=eps, steps=100, step_size=2.5 * eps / 100, random_start=random_start)
+                specs.append(AttackSpec(name, 'router', dict(attack='TwoPhaseAttack', **two, keep='best P(clean) among fooling'),
+                                        lambda m: TwoPhaseAttack(m, **two)))
             elif name == 'signal_match':
-                specs.append(AttackSpec(name, 'router', dict(attack='SignalMatchPGD', penalty=1.0, eps=eps, step_size=step, steps=router_steps),
-                                        lambda m: SignalMatchPGD(m, 1.0, eps=eps, step_size=step, steps=router_steps)))
+                specs.append(AttackSpec(name, 'router', dict(attack='SignalMatchPGD', penalty=1.0, **pgd),
+                                        lambda m: SignalMatchPGD(m, 1.0, **pgd)))
             else:
-                specs.append(AttackSpec(name, 'router', dict(attack='JointLossPGD', weight=1.0, eps=eps, step_size=0.003, steps=20),
-                                        lambda m: JointLossPGD(m, 1.0, eps=eps, step_size=0.003, steps=20, random_start=random_start)))
+                joint = dict(pgd, step_size=trades_step, steps=20)
+                specs.append(AttackSpec(name, 'router', dict(attack='JointLossPGD', weight=1.0, **joint),
+                                        lambda m: JointLossPGD(m, 1.0, **joint)))
         elif name in ('transfer', 'msa'):
             if not surrogates:
                 raise ValueError(f"attack '{name}' needs surrogate models (--surrogate NAME=CHECKPOINT)")
             if name == 'transfer':
                 for s_name, s_model in surrogates.items():
                     specs.append(AttackSpec(f'transfer_{s_name}', 'transfer',
-                                            dict(attack='LinfPGD', surrogate=s_name, eps=eps, step_size=2 / 255, steps=20),
-                                            lambda m, s=s_model: LinfPGD(s, eps, 2 / 255, 20)))
+                                            dict(attack='LinfPGD', surrogate=s_name, eps=eps, step_size=step, steps=20,
+                                                 random_start=random_start, keep='last'),
+                                            lambda m, s=s_model: LinfPGD(s, eps, step, 20, random_start=random_start)))
             else:
                 specs.append(AttackSpec(name, 'transfer', dict(attack='MixedSurrogate(AutoAttack)', surrogates=list(surrogates),
-                                                               version=aa_version, eps=eps),
+                                                               version=aa_version, eps=eps, seed=seed, batch_size=batch_size),
                                         lambda m: MixedSurrogateAttack(m, [AutoAttack(s, eps, version=aa_version, **aa)
-                                                                           for s in surrogates.values()])))
+                                                                           for s in surrogates.values()], batch_size=batch_size),
+                                        whole_set=True))
         else:
             known = sorted(set(GROUPS) | {n for g in GROUPS.values() for n in g})
             raise ValueError(f"unknown attack '{name}': expected one of {', '.join(known)}")

@@ -85,6 +85,7 @@ class CardInfo:
     dtype: str  # 'float32' or 'float16'
     weights_file: str  # the run's file the weights came from: best.safetensors or last.safetensors
     epoch: Optional[int]
+    val_images: Optional[int] = None  # held-out images the run evaluated at that epoch (from its log)
     license: str = 'apache-2.0'
     registry_name: Optional[str] = None  # `arch.tag` when awnet_timm's pretrained cfg points at repo_id
 
@@ -245,12 +246,16 @@ def _training_data(cfg: TrainConfig) -> str:
 def _selection(cfg: TrainConfig, info: CardInfo) -> str:
     epoch = f'epoch {info.epoch} of {cfg.epochs}' if info.epoch else f'{cfg.epochs} epochs configured'
     if info.weights_file.startswith('best'):
+        # the count the run's log measured (a split smaller than --val-size gives fewer), else the configured one
+        n = info.val_images if info.val_images is not None else cfg.val_size
         if cfg.val_split == 'test':
-            held = f'the first {cfg.val_size} images of the test split (as the paper picks its best W-Robust checkpoint)'
+            held = f'the first {n} images of the test split (as the paper picks its best W-Robust checkpoint)'
         elif cfg.val_split == 'holdout':
-            held = f'{cfg.val_size} training images held out of training'
+            held = f'{n} training images held out of training'
         else:
-            held = f"{cfg.val_size} images of the '{cfg.val_split}' split"
+            held = f"{n} images of the '{cfg.val_split}' split"
+        if info.val_images is None:
+            held += ' (as configured; fewer if the split was smaller)'
         return (f'`{info.weights_file}`: the epoch with the best W-Robust accuracy (clean and PGD-{cfg.val_attack_steps}) '
                 f'on {held}; {epoch}')
     return f'`{info.weights_file}`: the last epoch of the run; {epoch}'

@@ -27,7 +27,8 @@ _PUBLISH_EPILOG = """\
 The token comes from the environment: HF_TOKEN (a token with write access), or the one `hf auth login`
 stored. The endpoint is HF_ENDPOINT (default https://huggingface.co) unless --endpoint is given.
 Before uploading, the folder is checked: it loads with timm (local-dir:), its card's YAML parses, and its
-awnet_eval.json was made on its model.safetensors (same sha256).
+awnet_eval.json was made on its model.safetensors (same sha256), finished, and is a full evaluation (at least
+1000 images, with AutoAttack; --allow-partial-eval publishes a smaller one, with a warning).
   awnet publish hub/releases/awnet_r18.mtard_cifar10 --dry-run     # checks, lists the files, no upload
   awnet publish hub/releases/awnet_r18.mtard_cifar10 --public
 """
@@ -53,7 +54,8 @@ def run_publish(args: argparse.Namespace) -> int:
     from .publish import publish_folder
     result = publish_folder(
         args.folder, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message,
-        dry_run=args.dry_run, endpoint=args.endpoint, allow_unevaluated=args.allow_unevaluated)
+        dry_run=args.dry_run, endpoint=args.endpoint, allow_unevaluated=args.allow_unevaluated,
+        allow_partial_eval=args.allow_partial_eval)
     verb = 'would upload' if result.dry_run else 'uploaded'
     print(f'awnet publish: {verb} to {result.endpoint}/{result.repo_id} (revision {result.revision}):')
     for name, size, sha in result.files:
@@ -112,5 +114,7 @@ def add_publish_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument('--dry-run', action='store_true', help='check the folder and list what would be uploaded; no HTTP')
     p.add_argument('--allow-unevaluated', action='store_true',
                    help='publish a folder without awnet_eval.json (its card then has no robustness numbers)')
+    p.add_argument('--allow-partial-eval', action='store_true',
+                   help='publish an evaluation on fewer than 1000 images or without AutoAttack (refused otherwise)')
     p.set_defaults(func=run_publish)
     return p

@@ -27,8 +27,9 @@ from timm.models import save_for_hf
 
 from ..models.awnet import HUB_ORG
 from ..training import TrainConfig, create_model_with_weights, load_run_config
-from ..training.checkpoint import CheckpointError
-from ..utils import sha256_file
+from ..training.arat import deploy_adv_bn
+from ..training.checkpoint import CheckpointError, nonfinite_tensors
+from ..utils import sha256_file, usual_mode
 from .card import TASKS, CardInfo, architecture_of, check_eval_record, load_eval_record, model_card, zoo_row
 from .errors import HubReleaseError
 
@@ -96,6 +97,22 @@ def _label_names(cfg: TrainConfig, model) -> Optional[list]:
     if cfg.dataset == 'imagefolder' and os.path.isdir(folder):
         names = sorted(e.name for e in os.scandir(folder) if e.is_dir())  # ImageFolder's class order
         return names if len(names) == model.num_classes else None
+    return None
+
+
+def _val_images(run_dir: str, epoch: Optional[int]) -> Optional[int]:
+    """How many held-out images the run evaluated at `epoch` (its log.jsonl record), if it says."""
+    path = os.path.join(run_dir, 'log.jsonl')
+    if epoch is None or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get('epoch') == epoch and isinstance(record.get('val_images'), int):
+                return record['val_images']
     return None
 
 
@@ -174,6 +191,12 @@ def export_checkpoint(
         model = create_model_with_weights(architecture, weights_path, **cfg.model_args()).eval()
     except CheckpointError as e:
         raise HubReleaseError(f'cannot load the run weights {weights_path}: {e}') from None
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise HubReleaseError(f"'{weights_path}' holds NaN or inf in {len(bad)} tensors ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): the run diverged; export finite weights (--weights best)")
+    if cfg.recipe == 'arat':  # ARAT deploys its Adv BN alone: export a static network, one BN per site
+        model = deploy_adv_bn(model, architecture, **cfg.model_args()).eval()
     params = sum(p.numel() for p in model.parameters())
     label_names = _label_names(cfg, model)
     # the config describes the export: its tag, its input size, no CIFAR-10 label names for another dataset
@@ -208,11 +231,13 @@ def export_checkpoint(
             input_size=tuple(hf_config['pretrained_cfg']['input_size']),
             num_classes=hf_config['num_classes'], label_names=label_names, params=params, sha256=sha,
             dtype=str(DTYPES[dtype]).replace('torch.', ''), weights_file=os.path.basename(weights_path),
-            epoch=_epoch(weights_path), license=model.pretrained_cfg.get('license') or 'apache-2.0',
+            epoch=_epoch(weights_path), val_images=_val_images(run_dir, _epoch(weights_path)), license=model.pretrained_cfg.get('license') or 'apache-2.0',
             registry_name=f'{architecture}.{tag}' if registered is not None and registered.hf_hub_id == repo_id else None)
         with open(os.path.join(tmp, 'README.md'), 'w') as f:
             f.write(model_card(cfg, info, record))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a release folder is an ordinary one
+        for name in os.listdir(tmp):  # safetensors writes model.safetensors private; a release is ordinary files
+            os.chmod(os.path.join(tmp, name), usual_mode())
+        os.chmod(tmp, usual_mode(directory=True))  # mkdtemp makes it private too
         _install(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

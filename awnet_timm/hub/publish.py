@@ -23,9 +23,20 @@ from .card import check_eval_record, load_eval_record
 from .errors import HubReleaseError
 from .export import RELEASE_FILES
 
-__all__ = ['PublishResult', 'check_release_folder', 'publish_folder']
+__all__ = ['PublishResult', 'FULL_EVAL_N', 'check_release_folder', 'partial_eval_reasons', 'publish_folder']
 
 _REQUIRED = ('model.safetensors', 'config.json', 'README.md')
+FULL_EVAL_N = 1000  # RobustBench's and the paper's evaluation size
+
+
+def partial_eval_reasons(record: dict) -> List[str]:
+    """Why an evaluation record falls short of a full evaluation (>= 1000 images with AutoAttack); empty when it does not."""
+    reasons = []
+    if record['data']['n'] < FULL_EVAL_N:
+        reasons.append(f"it is on {record['data']['n']} images (a full evaluation uses at least {FULL_EVAL_N})")
+    if not any(a['name'] == 'autoattack' for a in record['attacks']):
+        reasons.append('it has no AutoAttack')
+    return reasons
 
 
 @dataclass
@@ -40,12 +51,14 @@ class PublishResult:
     warnings: List[str] = field(default_factory=list)
 
 
-def check_release_folder(folder: str, allow_unevaluated: bool = False) -> List[Tuple[str, int, str]]:
-    """ The release files of an export folder as (name, bytes, sha256), after checking it is publishable.
+def check_release_folder(folder: str, allow_unevaluated: bool = False, allow_partial_eval: bool = False
+                         ) -> Tuple[List[Tuple[str, int, str]], List[str]]:
+    """ The release files of an export folder as (name, bytes, sha256) and warnings, after checking it is publishable.
 
     Raises HubReleaseError when a file is missing, the folder does not load with timm, the card's YAML does
     not parse, or the evaluation record is malformed, of another architecture or of another file (or absent,
-    unless `allow_unevaluated`).
+    unless `allow_unevaluated`), was saved before its attacks finished, or is partial (under 1000 images or
+    without AutoAttack, unless `allow_partial_eval`: then it is a warning).
     """
     if not os.path.isdir(folder):
         raise HubReleaseError(f"'{folder}' is not a folder: give an export folder written by `awnet export`")
@@ -73,13 +86,26 @@ def check_release_folder(folder: str, allow_unevaluated: bool = False) -> List[T
     files = [(name, os.path.getsize(os.path.join(folder, name)), sha256_file(os.path.join(folder, name)))
              for name in RELEASE_FILES if os.path.isfile(os.path.join(folder, name))]
     record_path = os.path.join(folder, 'awnet_eval.json')
+    warnings = []
     if os.path.isfile(record_path):  # the same checks as `awnet export --eval`: the card's numbers are of these weights
         weights_sha = files[0][2]  # RELEASE_FILES[0], model.safetensors
-        check_eval_record(load_eval_record(record_path), arch, weights_sha, os.path.join(folder, 'model.safetensors'))
+        record = load_eval_record(record_path)
+        check_eval_record(record, arch, weights_sha, os.path.join(folder, 'model.safetensors'))
+        if not record.get('complete', True):
+            raise HubReleaseError(f"'{record_path}' was saved while `awnet eval` was still running (complete: false): "
+                                  f"let the evaluation finish, then export again with --eval")
+        reasons = partial_eval_reasons(record)
+        if reasons and not allow_partial_eval:
+            raise HubReleaseError(f"the evaluation in '{folder}' is partial: {' and '.join(reasons)}; its numbers are not "
+                                  f"comparable with published ones. Evaluate with `awnet eval --n 1000` (AutoAttack is in the "
+                                  f"default attacks) and export again, or pass --allow-partial-eval to publish it as it is")
+        warnings += [f'partial evaluation: {r}' for r in reasons]
     elif not allow_unevaluated:
         raise HubReleaseError(f"'{folder}' has no awnet_eval.json, so its card has no robustness numbers: run `awnet eval` "
                               f"on its model.safetensors and export again with --eval (or pass --allow-unevaluated)")
-    return files
+    else:
+        warnings.append('no evaluation record: the card has no robustness numbers')
+    return files, warnings
 
 
 def publish_folder(
@@ -92,6 +118,7 @@ def publish_folder(
         dry_run: bool = False,
         endpoint: Optional[str] = None,
         allow_unevaluated: bool = False,
+        allow_partial_eval: bool = False,
 ) -> PublishResult:
     """ Create the Hub repo (if needed) and commit the export folder's release files to `revision`.
 
@@ -104,6 +131,7 @@ def publish_folder(
         dry_run: check everything and report what would be uploaded, without any HTTP request.
         endpoint: the Hub's URL (default HF_ENDPOINT, else https://huggingface.co).
         allow_unevaluated: publish a folder without evaluation record (its card then has no numbers).
+        allow_partial_eval: publish an evaluation under 1000 images or without AutoAttack (with a warning).
     """
     folder = os.path.abspath(folder)
     repo_id = repo_id or f'{HUB_ORG}/{os.path.basename(folder)}'
@@ -113,11 +141,10 @@ def publish_folder(
         raise HubReleaseError(f"invalid repo id '{repo_id}': {e}") from None
     if repo_id.count('/') != 1:
         raise HubReleaseError(f"repo id must be 'organization/name', got '{repo_id}'")
-    files = check_release_folder(folder, allow_unevaluated=allow_unevaluated)
+    files, warnings = check_release_folder(folder, allow_unevaluated=allow_unevaluated, allow_partial_eval=allow_partial_eval)
     endpoint = (endpoint or hf_constants.ENDPOINT).rstrip('/')
-    result = PublishResult(repo_id=repo_id, endpoint=endpoint, revision=revision, files=files, dry_run=dry_run)
-    if not os.path.isfile(os.path.join(folder, 'awnet_eval.json')):
-        result.warnings.append('no evaluation record: the card has no robustness numbers')
+    result = PublishResult(repo_id=repo_id, endpoint=endpoint, revision=revision, files=files, dry_run=dry_run,
+                           warnings=warnings)
     if dry_run:
         return result
     if hf_constants.HF_HUB_OFFLINE:

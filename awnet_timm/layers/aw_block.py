@@ -13,9 +13,9 @@ from typing import List, Optional, Type
 import torch
 import torch.nn as nn
 from torch.jit import Final
-from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath
 
+from .checkpoint import checkpoint_module
 from .mix_bn import MixBatchNorm2d
 from .modulated_conv import ModulatedConv2d
 
@@ -166,7 +166,7 @@ class AWStage(nn.Module):
         for block in self.blocks:
             block_omega = omega[i:i + block.num_modulated]
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x, block_omega, p_clean, branch, use_reentrant=False)
+                x = checkpoint_module(block, x, block_omega, p_clean, branch)
             else:
                 x = block(x, block_omega, p_clean, branch)
             i += block.num_modulated

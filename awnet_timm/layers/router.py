@@ -6,7 +6,7 @@ From `Revisiting the Trade-off between Accuracy and Robustness via Weight Distri
 - type head: `P_type = softmax(W_type psi)`, W_type in R^{2 x d};
 - one signal head per modulated conv: `omega_j = (tanh(W_j psi) + 1) ** beta`, omega in (0, 2^beta).
 
-Choices where the paper is silent (see AWNET_SPEC.md):
+Choices where the paper is silent (see docs/design.md, sections 4 and 7):
 - D is a CIFAR ResNet trunk (ResNet-18 layout by default) built from the static AW-Net blocks, and
   psi concatenates the global-average-pooled outputs of its stages (d = 64+128+256+512 = 960);
   `feature='last'` uses the last stage only (d = 512).

@@ -2,7 +2,7 @@
 
 Paper: `Revisiting the Trade-off between Accuracy and Robustness via Weight Distribution of Filters`
 (Wei, Zhao and Li, TPAMI 2024) - https://arxiv.org/abs/2306.03430. The authors released no code;
-the choices made where the paper is silent are listed in the README and in AWNET_SPEC.md.
+the choices made where the paper is silent are listed in the README and in docs/design.md.
 
 A router sub-network looks at each input and gives (1) P(clean), which blends a Clean BN and an
 Adv BN at every norm site (MixBN, Eq. 14), and (2) one signal per modulated conv that scales its
@@ -29,12 +29,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerType, SelectAdaptivePool2d, calculate_drop_path_rates, get_act_layer, \
-    get_device_dtype, get_norm_layer, register_notrace_function
+    get_device_dtype, get_norm_layer
 from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, list_models, register_model, \
     resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
-from ..layers import AdversarialRouter, AWStage, ConvNormAct, RouterOutput
+from ..layers import AdversarialRouter, AWStage, ConvNormAct, HPMHead, RouterOutput, check_pixel_batch, \
+    check_pixel_values, input_check_mode
 from .pretrained import check_weights_fit, explain_load_errors
 
 __all__ = ['AWNet', 'ROUTES', 'use_route', 'PUBLISHED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES']
@@ -47,16 +48,6 @@ CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog
 # `arch.tag` names whose weights are on the Hub. A tag with an hf_hub_id that is not listed here is
 # planned but unpublished, and `pretrained=True` fails at once with a message saying so.
 PUBLISHED_WEIGHTS: Set[str] = set()
-
-
-@register_notrace_function
-def check_pixel_batch(x: torch.Tensor, in_chans: int) -> None:
-    if x.dim() != 4 or x.shape[1] != in_chans:
-        raise ValueError(
-            f'the model expects a (B, {in_chans}, H, W) batch of pixels in [0, 1], got shape {list(x.shape)}')
-    if not x.is_floating_point():
-        raise TypeError(
-            f'the model expects floating-point pixels in [0, 1], got dtype {x.dtype} (for uint8 images use x.float() / 255)')
 
 
 def _check_route(route: str) -> None:
@@ -94,6 +85,10 @@ class AWNet(nn.Module):
         beta: Exponent of the signal heads, Eq. 19.
         signal_init: 'zeros' (omega = 1 at init) or 'default'.
         norm_mean, norm_std: Input normalization applied inside the model.
+        input_check: When eager calls check that inputs are finite pixels in [0, 1]: 'first' (the first
+            batch, one host sync), 'always' (every batch) or 'off'.
+        head: Classifier: 'fc' (nn.Linear) or 'hpm' (an FC plus the HPM l2-reclassifier, layers/hpm_head.py).
+        head_args: Arguments of the HPM head (stable_weight, momentum, scale).
         act_layer, norm_layer: Activation and BatchNorm classes (or timm names).
     """
     stage_omega_start: List[int]
@@ -119,6 +114,9 @@ class AWNet(nn.Module):
             signal_init: str = 'zeros',
             norm_mean: Sequence[float] = CIFAR10_MEAN,
             norm_std: Sequence[float] = CIFAR10_STD,
+            input_check: str = 'first',
+            head: str = 'fc',
+            head_args: Optional[Dict[str, Any]] = None,
             act_layer: LayerType = nn.ReLU,
             norm_layer: LayerType = nn.BatchNorm2d,
             device=None,
@@ -126,6 +124,7 @@ class AWNet(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
+        self.set_input_check(input_check)
         act_layer = get_act_layer(act_layer)
         norm_layer = get_norm_layer(norm_layer)
         self.num_classes = num_classes
@@ -171,8 +170,10 @@ class AWNet(nn.Module):
 
         self.num_features = self.head_hidden_size = prev
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.head = nn.Linear(self.num_features * self.global_pool.feat_mult(), num_classes, **dd) \
-            if num_classes > 0 else nn.Identity()
+        if head not in ('fc', 'hpm'):
+            raise ValueError(f"unknown head '{head}': expected 'fc' or 'hpm'")
+        self.head_type, self.head_args = head, dict(head_args or {})
+        self.head = self._make_head(self.num_features * self.global_pool.feat_mult(), num_classes, dd)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
@@ -182,6 +183,12 @@ class AWNet(nn.Module):
         """Set the route a plain `model(x)` takes: 'auto', 'clean', 'adv' or 'detach'."""
         _check_route(route)
         self.route = route
+
+    @torch.jit.ignore
+    def set_input_check(self, mode: str):
+        """How often eager calls check that inputs are finite pixels in [0, 1]: 'first', 'always' or 'off'."""
+        self.input_check = input_check_mode(mode)
+        self.input_checked = False
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -211,10 +218,19 @@ class AWNet(nn.Module):
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
             self.global_pool.train(self.training)
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.head = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head = self._make_head(self.head_hidden_size, num_classes, dd)
         self.head.train(self.training)
 
+    def _make_head(self, in_features: int, num_classes: int, dd: Dict[str, Any]) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        if self.head_type == 'hpm':
+            return HPMHead(in_features, num_classes, **self.head_args, **dd)
+        return nn.Linear(in_features, num_classes, **dd)
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            check_pixel_values(self, x, self.in_chans, self.stem.conv.weight.dtype)
         check_pixel_batch(x, self.in_chans)
         return (x - self.norm_mean.to(x.dtype)) / self.norm_std.to(x.dtype)
 
@@ -228,8 +244,8 @@ class AWNet(nn.Module):
         route = self.route if route is None else route
         _check_route(route)
         x = self._normalize(x)
-        if self.router is None:
-            return x, [], None, 'mix', None
+        if self.router is None:  # static, or MixBN without a type head: a forced route picks its BN, else Adv BN
+            return x, [], None, route if route == 'clean' or route == 'adv' else 'adv', None
         if router_out is None:
             router_out = self.router(x)
         elif len(router_out.omega) != len(self.router.signal_channels):
@@ -430,12 +446,20 @@ def _resolve_cfg(variant: str, kwargs: Dict[str, Any], pretrained: bool) -> Pret
     return cfg
 
 
+def _fill_hpm_state(fits, state_dict: Dict[str, torch.Tensor], model: AWNet) -> Dict[str, torch.Tensor]:
+    if isinstance(model.head, HPMHead):
+        state_dict = model.head.fill_missing_state(state_dict, 'head.')
+    return fits(state_dict, model)
+
+
 def _create_awnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AWNet:
     cfg = _resolve_cfg(variant, kwargs, pretrained)
     # features_only goes through forward_intermediates: stages take the route as extra arguments
     levels = 1 + len(kwargs.get('layers', (2, 2, 2, 2)))  # the stem and every stage
     feature_cfg = dict(feature_cls='getter', out_indices=tuple(range(levels)), **kwargs.pop('feature_cfg', None) or {})
     fits = partial(check_weights_fit, features_only=bool(kwargs.get('features_only')))
+    if kwargs.get('head') == 'hpm':  # an FC checkpoint loads into the HPM head: its prototypes start empty
+        fits = partial(_fill_hpm_state, fits)
     with explain_load_errors(f'{variant}.{cfg.tag}' if cfg.tag else variant, cfg, kwargs.get('cache_dir')):
         return build_model_with_cfg(
             AWNet, variant, pretrained,

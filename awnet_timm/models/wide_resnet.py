@@ -19,10 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerType, SelectAdaptivePool2d, calculate_drop_path_rates, get_act_layer, \
     get_device_dtype, get_norm_layer
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .awnet import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, _stats, check_pixel_batch
+from ..layers import check_pixel_batch, check_pixel_values, checkpoint_module, input_check_mode
+from .awnet import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, _stats
 from .pretrained import check_weights_fit
 
 __all__ = ['WideResNet', 'WideBasicBlock']
@@ -84,6 +85,7 @@ class WideResNet(nn.Module):
         drop_path_rate: Stochastic depth, linearly increasing over the blocks.
         stem_chs: Width of the stem conv.
         norm_mean, norm_std: Input normalization applied inside the model.
+        input_check: When eager calls check that inputs are finite pixels in [0, 1]: 'first', 'always' or 'off'.
         act_layer, norm_layer: Activation and BatchNorm classes (or timm names).
     """
 
@@ -100,6 +102,7 @@ class WideResNet(nn.Module):
             stem_chs: int = 16,
             norm_mean: Sequence[float] = CIFAR10_MEAN,
             norm_std: Sequence[float] = CIFAR10_STD,
+            input_check: str = 'first',
             act_layer: LayerType = nn.ReLU,
             norm_layer: LayerType = nn.BatchNorm2d,
             device=None,
@@ -107,6 +110,7 @@ class WideResNet(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
+        self.set_input_check(input_check)
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f'WRN depth must be 6n + 4 with n >= 1, got {depth}')
         act_layer = get_act_layer(act_layer)
@@ -178,7 +182,15 @@ class WideResNet(nn.Module):
         self.head = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.head.train(self.training)
 
+    @torch.jit.ignore
+    def set_input_check(self, mode: str):
+        """How often eager calls check that inputs are finite pixels in [0, 1]: 'first', 'always' or 'off'."""
+        self.input_check = input_check_mode(mode)
+        self.input_checked = False
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            check_pixel_values(self, x, self.in_chans, self.stem.weight.dtype)
         check_pixel_batch(x, self.in_chans)
         return (x - self.norm_mean.to(x.dtype)) / self.norm_std.to(x.dtype)
 
@@ -215,7 +227,8 @@ class WideResNet(nn.Module):
         feat_idx = 0
         for feat_idx, stage in enumerate(stages, start=1):
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
+                for block in stage:
+                    x = checkpoint_module(block, x)
             else:
                 x = stage(x)
             if feat_idx in take_indices:
@@ -248,10 +261,12 @@ class WideResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled features after the final BN-ReLU, (B, num_features, H/4, W/4)."""
         x = self.stem(self._normalize(x))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x, flatten=True)
-        else:
-            x = self.stages(x)
+        for stage in self.stages:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                for block in stage:
+                    x = checkpoint_module(block, x)
+            else:
+                x = stage(x)
         return self.act(self.norm(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -12,7 +12,7 @@ interrupted write never leaves a half-written file. Nothing here unpickles.
 """
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 import torch
@@ -24,8 +24,8 @@ from ..models.pretrained import PretrainedWeightsError
 from ..utils import atomic_write
 
 __all__ = [
-    'CheckpointError', 'save_weights', 'load_weights_file', 'resolve_weights_path',
-    'save_train_state', 'load_train_state', 'create_model_with_weights',
+    'CheckpointError', 'save_weights', 'load_weights_file', 'resolve_weights_path', 'nonfinite_tensors',
+    'save_train_state', 'load_train_state', 'create_model_with_weights', 'run_model_kwargs',
 ]
 
 
@@ -38,9 +38,26 @@ def _contiguous(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {k: v.detach().to('cpu').contiguous().clone() for k, v in state.items()}
 
 
+def nonfinite_tensors(state: Dict[str, torch.Tensor]) -> List[str]:
+    """Names of the floating-point tensors holding NaN or inf (one host sync for the whole state)."""
+    names = [k for k, v in state.items() if v.is_floating_point() and v.numel()]
+    if not names:
+        return []
+    finite = torch.stack([torch.isfinite(state[k]).all().to('cpu', non_blocking=True) for k in names]).tolist()
+    return [k for k, ok in zip(names, finite) if not ok]
+
+
+def _refuse_nonfinite(state: Dict[str, torch.Tensor], path: str):
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"refusing to write '{path}': {len(bad)} tensors hold NaN or inf ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); the run diverged")
+
+
 def save_weights(path: str, model: nn.Module, metadata: Optional[Dict[str, str]] = None) -> None:
-    """The model's state dict as a plain safetensors file (what timm and the Hub load)."""
+    """The model's state dict as a plain safetensors file (what timm and the Hub load); non-finite weights are refused."""
     state = _contiguous(model.state_dict())
+    _refuse_nonfinite(state, path)
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
@@ -75,6 +92,34 @@ def _run_config_beside(path: str) -> Optional[Dict[str, Any]]:
     return cfg if isinstance(cfg, dict) and 'model' in cfg and 'recipe' in cfg else None
 
 
+def _is_model_name(weights: str) -> bool:
+    """`hf-hub:org/repo`, `local-dir:folder` or `name.tag` rather than a path on disk."""
+    if weights.startswith(('hf-hub:', 'local-dir:')):
+        return True
+    return not os.path.exists(weights) and '.' in weights and not weights.endswith('.safetensors') and '/' not in weights
+
+
+def run_model_kwargs(weights: str) -> Dict[str, Any]:
+    """The `model_kwargs` of the run of `awnet train` that `weights` (a run directory or a file in one) comes from; {} otherwise."""
+    if not weights or _is_model_name(weights):
+        return {}
+    run_cfg = _run_config_beside(resolve_weights_path(weights))
+    if run_cfg is None:
+        return {}
+    kwargs = dict(run_cfg.get('model_kwargs') or {})
+    if run_cfg.get('head'):  # the run's --head builds its classifier (an HPM head has prototype buffers)
+        kwargs.setdefault('head', run_cfg['head'])
+    return kwargs
+
+
+def _check_local_dir(name: str):
+    folder = name[len('local-dir:'):]
+    if _run_config_beside(os.path.join(folder, 'config.json')) is not None:
+        raise CheckpointError(f"'{folder}' is a run directory of `awnet train`, not a Hub export folder: give the run "
+                              f"directory itself as the checkpoint / --pretrained (with the run's model name), or write "
+                              f"an export with `awnet export {folder}` and use local-dir: on that folder")
+
+
 def create_model_with_weights(
         name: str,
         weights: str = '',
@@ -87,8 +132,15 @@ def create_model_with_weights(
     only) and handed to timm's loader, which swaps the classifier when `num_classes` differs from the
     checkpoint's and adapts the stem to `in_chans`; weights from a run directory of `awnet train` build the
     model with that run's `model_kwargs`. Without `weights`, a tagged or Hub name loads timm's
-    pretrained weights and a bare name gives a randomly initialised model.
+    pretrained weights and a bare name gives a randomly initialised model; `weights` given as such a name
+    (`name.tag`, `hf-hub:`, `local-dir:`) loads that model's own weights.
     """
+    if weights and _is_model_name(weights):  # weights named like a model: that model's own pretrained weights
+        if ':' not in weights and weights.split('.')[0] != name.split('.')[0]:
+            raise CheckpointError(f"weights '{weights}' are of architecture '{weights.split('.')[0]}', not '{name}'")
+        name, weights = weights, ''
+    if name.startswith('local-dir:'):
+        _check_local_dir(name)
     if not weights:
         pretrained = name.startswith(('hf-hub:', 'local-dir:')) or '.' in name
         if num_classes is not None:
@@ -143,6 +195,7 @@ def save_train_state(
     tensors.update({f'extra.{k}': v for k, v in extra_tensors.items()})
     meta = dict(meta, optimizer_param_groups=opt['param_groups'], optimizer_values=opt_values)
     tensors = _contiguous(tensors)
+    _refuse_nonfinite({k: v for k, v in tensors.items() if k.startswith('model.')}, path)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={'awnet_train_state': json.dumps(meta)}))
 
 

@@ -7,15 +7,22 @@ AW-Net paper (Sec. 5.1) and MTARD: SGD momentum 0.9, weight decay 2e-4, lr 0.1 f
 (CIFAR-100: 5), PGD-10 with step 2/255 to make the training examples.
 """
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+import timm
+
+from ..data import DATASETS
+
 __all__ = ['TrainConfig', 'RECIPES', 'ConfigError']
 
-RECIPES = ('mtard', 'pgd_at', 'trades', 'standard')
+RECIPES = ('mtard', 'pgd_at', 'trades', 'standard', 'arat')
 _PRECISIONS = ('auto', 'fp32', 'bf16')
 _ATTACK_STARTS = ('uniform', 'normal', 'none')
+TRAINING_ATTACKS = ('pgd', 'nfgsm')
+SCHEDULES = ('multistep', 'cosine', 'linear', 'onecycle')
 
 
 class ConfigError(ValueError):
@@ -28,6 +35,17 @@ def _f(default, help: str, **kwargs):
     return field(default=default, metadata={'help': help, **kwargs})
 
 
+def _check_model_name(option: str, name: str):
+    """A registered timm architecture (bare or name.tag); hf-hub: and local-dir: names are checked when loaded."""
+    if not name or name.startswith(('hf-hub:', 'local-dir:')):
+        return
+    if not timm.is_model(name.split('.')[0]):
+        close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=3)
+        raise ConfigError(f"unknown {option} '{name}': not a timm model"
+                          + (f" (did you mean {', '.join(close)}?)" if close else '')
+                          + ' (`import awnet_timm` registers awnet_r18/r34, cifar_resnet18/34/56, cifar_wrn34_10/28_10)')
+
+
 @dataclass
 class TrainConfig:
     """Everything a training or fine-tuning run needs; defaults reproduce the paper's CIFAR-10 setting."""
@@ -37,6 +55,8 @@ class TrainConfig:
     pretrained: str = _f('', 'initial weights: a .safetensors file, a run directory, a timm name.tag or hf-hub:org/repo '
                              '(the classifier is replaced when the class count differs)')
     num_classes: Optional[int] = _f(None, 'classes of the model (default: those of the dataset)')
+    head: str = _f('', "classifier head of awnet_*/cifar_resnet* models: 'fc' or 'hpm' (the HPM l2-reclassifier, "
+                       "layers/hpm_head.py; FC weights load into it) (default: the model's, fc; model_kwargs head wins)")
     beta: float = _f(3.0, "AW-Net's signal exponent beta (Eq. 19), for awnet_* models (model_kwargs beta wins)")
     # data
     dataset: str = _f('cifar10-offline', "'cifar10', 'cifar100' (torchvision), 'cifar10-offline' (the npz copy) or 'imagefolder'")
@@ -61,17 +81,31 @@ class TrainConfig:
     decay_milestones: Tuple[int, ...] = _f((75, 90), 'epochs (1-based) from which the lr is divided by --decay-rate')
     decay_rate: float = _f(0.1, 'lr factor at each milestone')
     warmup_epochs: int = _f(0, 'linear lr warm-up epochs')
+    sched: str = _f('multistep', "lr schedule: 'multistep' (the paper's: --decay-milestones, per epoch), 'cosine' or "
+                                 "'linear' (to zero), or 'onecycle' (linear up to --lr over --onecycle-peak of the steps, "
+                                 "then linear to zero); all but multistep set the lr at every step")
+    onecycle_peak: float = _f(0.25, "fraction of the training steps over which 'onecycle' rises to --lr")
+    label_smoothing: float = _f(0.0, 'label smoothing of the cross-entropy of the standard and pgd_at recipes')
     eps: float = _f(8 / 255, 'L-inf radius of the training attack, in pixel units')
     attack_step: float = _f(2 / 255, 'step size of the training attack')
     attack_steps: int = _f(10, 'PGD steps of the training attack')
     attack_start: str = _f('', "PGD start: 'uniform', 'normal' (0.001 N(0,1)) or 'none' (default: 'uniform' for "
-                               "pgd_at, 'normal' for mtard and trades, as their papers' code does)")
+                               "pgd_at and arat, 'normal' for mtard and trades, as their papers' code does)")
+    attack: str = _f('pgd', "training attack: 'pgd' (PGD-k: --attack-steps k steps of --attack-step; the zoo's plans "
+                            "use 2.5 eps / k) or 'nfgsm' (N-FGSM, de Jorge et al. 2022: one step of --nfgsm-step from "
+                            "x + U(-k eps, k eps), k = --nfgsm-noise, not projected back onto the eps-ball)")
+    nfgsm_noise: float = _f(2.0, "N-FGSM's noise half-width k, in multiples of eps (the paper's 2)")
+    nfgsm_step: Optional[float] = _f(None, "N-FGSM's step alpha (default: eps, the paper's)")
     attack_route: str = _f('adv', "AW-Net route while the training attack runs: 'adv' (forced Adv BN, the branch "
                                   "x_adv trains) or 'auto' (the router decides)")
     tau: float = _f(1.0, "MTARD's student temperature (1 for CIFAR-10, 5 for CIFAR-100)")
     eta: float = _f(0.025, "MTARD's adaptive teacher-weight step (decays with the lr)")
     type_loss_weight: float = _f(1.0, "weight of the router's type loss")
     trades_beta: float = _f(6.0, "TRADES's robust-term weight (1/lambda)")
+    arat_gamma: float = _f(30.0, "ARAT's invariance-loss weight gamma (30 for ResNet-18, 100 for WRN-34-10 in the paper)")
+    arat_predictor_ratio: float = _f(0.25, "width of ARAT's predictor bottleneck relative to the aligned features (1/4)")
+    arat_auto_balance: bool = _f(True, "ARAT's CE weights: acc and 1 - acc for the adversarial and clean branch, acc = "
+                                       "last epoch's clean training accuracy (False: both 1)")
     teacher_nat: str = _f('', 'clean teacher for mtard: a timm model name, name.tag or hf-hub:org/repo')
     teacher_nat_checkpoint: str = _f('', 'weights of the clean teacher (.safetensors file or run directory)')
     teacher_adv: str = _f('', 'robust teacher for mtard: a timm model name, name.tag or hf-hub:org/repo')
@@ -88,7 +122,8 @@ class TrainConfig:
     output: str = _f('output', 'parent folder of run directories')
     run_name: str = _f('', 'run directory name (default: <model>-<recipe>-<time>)')
     resume: str = _f('', "run directory (or its last.safetensors) to continue; 'auto': this run's own if present")
-    max_minutes: Optional[float] = _f(None, 'stop cleanly at the first epoch boundary past this budget (resume later)')
+    max_minutes: Optional[float] = _f(None, 'stop cleanly at the first epoch boundary past this budget (resume later); '
+                                            '0 or none: no limit (clears a limit inherited on --resume)')
     seed: int = _f(0, 'seed of initialisation, data order, augmentation and attacks')
     val_attack_steps: int = _f(10, 'PGD steps of the per-epoch robust evaluation (step --attack-step, CE)')
     log_interval: int = _f(50, 'steps between log lines')
@@ -108,7 +143,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('lr', 'router_lr', 'momentum', 'weight_decay', 'decay_rate', 'attack_step', 'tau', 'eta',
-                     'type_loss_weight', 'trades_beta', 'val_size', 'crop_pad', 'warmup_epochs'):
+                     'type_loss_weight', 'trades_beta', 'val_size', 'crop_pad', 'warmup_epochs', 'arat_gamma'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'{name} must be >= 0, got {getattr(self, name)}')
         if not 0 <= self.eps <= 1:
@@ -117,13 +152,39 @@ class TrainConfig:
             raise ConfigError(f'eps={self.eps} / attack_step={self.attack_step} look like 0-255 units: give pixel units (8/255)')
         if list(self.decay_milestones) != sorted(self.decay_milestones):
             raise ConfigError(f'decay_milestones must be increasing, got {self.decay_milestones}')
+        if self.head not in ('', 'fc', 'hpm'):
+            raise ConfigError(f"unknown head '{self.head}': expected 'fc' or 'hpm'")
+        if not 0 < self.arat_predictor_ratio <= 1:
+            raise ConfigError(f'arat_predictor_ratio must be in (0, 1], got {self.arat_predictor_ratio}')
         if self.recipe == 'mtard' and not (self.teacher_nat and self.teacher_adv):
             raise ConfigError('recipe mtard needs both teachers: --teacher-nat and --teacher-adv '
                               '(a timm model name with --teacher-*-checkpoint, or a Hub id)')
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f'max_minutes must be > 0, got {self.max_minutes}')
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ConfigError(f'num_classes must be >= 1, got {self.num_classes}')
+        if self.max_minutes is not None and self.max_minutes < 0:
+            raise ConfigError(f'max_minutes must be > 0 (or 0 / none: no limit), got {self.max_minutes}')
+        for name, unset in (('num_classes', "the dataset's"), ('train_size', 'all images'), ('img_size', 'as stored')):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f'{name} must be >= 1 (or none: {unset}), got {getattr(self, name)}')
+        if self.train_size is not None and self.train_size < self.batch_size:
+            raise ConfigError(f'train_size {self.train_size} is less than one batch (batch_size {self.batch_size}): '
+                              f'raise --train-size or lower --batch-size')
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset '{self.dataset}': expected one of {', '.join(DATASETS)}")
+        if not self.data_dir:
+            raise ConfigError(f"dataset '{self.dataset}' needs its root directory: pass --data-dir "
+                              f"(e.g. ../shared/data/cifar10 for cifar10-offline, the folder holding train/ and val/ for imagefolder)")
+        for name in ('model', 'teacher_nat', 'teacher_adv'):
+            _check_model_name(name, getattr(self, name))
+        if self.attack not in TRAINING_ATTACKS:
+            raise ConfigError(f"unknown attack '{self.attack}': expected one of {', '.join(TRAINING_ATTACKS)}")
+        if self.sched not in SCHEDULES:
+            raise ConfigError(f"unknown sched '{self.sched}': expected one of {', '.join(SCHEDULES)}")
+        if not 0 < self.onecycle_peak < 1:
+            raise ConfigError(f'onecycle_peak is a fraction of the steps in (0, 1), got {self.onecycle_peak}')
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
+        if self.nfgsm_noise < 0 or (self.nfgsm_step is not None and not 0 < self.nfgsm_step <= 0.5):
+            raise ConfigError(f'nfgsm_noise must be >= 0 and nfgsm_step in (0, 0.5] (pixel units), got '
+                              f'{self.nfgsm_noise} and {self.nfgsm_step}')
         return self
 
     def model_args(self) -> Dict[str, Any]:
@@ -131,11 +192,13 @@ class TrainConfig:
         args = dict(self.model_kwargs)
         if self.model.split(':')[-1].startswith('awnet_'):
             args.setdefault('beta', self.beta)
+        if self.head:
+            args.setdefault('head', self.head)
         return args
 
     @property
     def resolved_attack_start(self) -> str:
-        return self.attack_start or ('uniform' if self.recipe == 'pgd_at' else 'normal')
+        return self.attack_start or ('uniform' if self.recipe in ('pgd_at', 'arat') else 'normal')
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)

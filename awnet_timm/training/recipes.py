@@ -14,17 +14,21 @@ path trains AW-Net and its static baseline.
   x_nat through its Clean BN (each branch weighted 1/2), so both branches train.
 - `trades`: CE(x_nat) + beta * KL(p(x_nat) || p(x_adv)) (Zhang et al., ICML 2019), x_adv from PGD on that KL.
 - `standard`: cross-entropy on clean inputs (clean teachers; AW-Net trains only its Clean BN).
+- `arat`: ARAT (Waseda et al., ICLR 2025): w_adv CE(x_adv) through the Adv BN + w_nat CE(x_nat) through the
+  Clean BN + gamma * asymmetric invariance loss (training/arat.py); split-BN students only.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attacks import LinfPGD
+from ..attacks import NFGSM, LinfPGD
 from ..layers import RouterOutput
 from ..models import AWNet
-from .config import TrainConfig
+from .arat import AsymmetricInvariance, SiteFeatures
+from .config import ConfigError, TrainConfig
 from .mtard_loss import AdaptiveTeacherWeights, distill_kl, type_loss
 
 __all__ = ['TrainForward', 'Recipe', 'create_recipe', 'is_dynamic']
@@ -54,6 +58,8 @@ class TrainForward(nn.Module):
     def forward(self, inputs: List[Tuple[torch.Tensor, str]]) -> List[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
         model = self.model
         if not (isinstance(model, AWNet) and model.router is not None):
+            if isinstance(model, AWNet) and model.mix_bn:  # split BN without a router (ARAT's students): routes pick the BN
+                return [(model.forward_with_router(x, route=route)[0], None) for x, route in inputs]
             return [(model(x), None) for x, _ in inputs]
         sizes = [len(x) for x, _ in inputs]
         joint = model.forward_router(torch.cat([x for x, _ in inputs]))
@@ -81,10 +87,14 @@ class Recipe:
         self.model = model
         self.forward = forward
         self.dynamic = is_dynamic(model)
-        self.attack = LinfPGD(
-            model, eps=cfg.eps, step_size=cfg.attack_step, steps=cfg.attack_steps, loss=self.attack_loss,
-            random_start=cfg.resolved_attack_start, route=cfg.attack_route if self.dynamic else None,
-            check_range=False)
+        route = cfg.attack_route if self.dynamic else None
+        if cfg.attack == 'nfgsm':  # one step from a noisy start, no projection (de Jorge et al. 2022)
+            self.attack = NFGSM(model, eps=cfg.eps, step_size=cfg.nfgsm_step, noise=cfg.nfgsm_noise, loss=self.attack_loss,
+                                route=route, check_range=False)
+        else:
+            self.attack = LinfPGD(
+                model, eps=cfg.eps, step_size=cfg.attack_step, steps=cfg.attack_steps, loss=self.attack_loss,
+                random_start=cfg.resolved_attack_start, route=route, check_range=False)
 
     def state_module(self) -> Optional[nn.Module]:
         """Recipe state saved with checkpoints (MTARD's teacher weights), if any."""
@@ -92,6 +102,13 @@ class Recipe:
 
     def after_step(self, lr_scale: float):
         """Called after each optimizer step with the current lr / base lr."""
+
+    def start_epoch(self, epoch: int):
+        """Called before each epoch's first step (0-based epoch)."""
+
+    def param_groups(self) -> List[Dict]:
+        """Optimizer parameter groups of the recipe's own trainable modules (ARAT's predictors), if any."""
+        return []
 
     def _routes(self, x_nat: torch.Tensor, x_adv: torch.Tensor):
         (nat, type_nat), (adv, type_adv) = self.forward([(x_nat, 'clean'), (x_adv, 'adv')])
@@ -118,7 +135,7 @@ class Standard(Recipe):
 
     def loss(self, x, y):
         (logits, _), = self.forward([(x, 'clean')])
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
         return loss, {'loss': loss.detach(), 'loss_task': loss.detach(), 'acc_clean': _accuracy(logits, y)}
 
 
@@ -129,11 +146,12 @@ class PGDAT(Recipe):
         x_adv = self.attack.perturb(x, y)
         if not self.dynamic:
             (adv, _), = self.forward([(x_adv, 'adv')])
-            task = F.cross_entropy(adv, y)
+            task = F.cross_entropy(adv, y, label_smoothing=self.cfg.label_smoothing)
             metrics = {'loss_task': task.detach(), 'acc_adv': _accuracy(adv, y)}
             return task, dict(metrics, loss=task.detach())
         nat, adv, type_nat, type_adv = self._routes(x, x_adv)
-        task = 0.5 * (F.cross_entropy(nat, y) + F.cross_entropy(adv, y))
+        smoothing = self.cfg.label_smoothing
+        task = 0.5 * (F.cross_entropy(nat, y, label_smoothing=smoothing) + F.cross_entropy(adv, y, label_smoothing=smoothing))
         metrics = {'loss_task': task.detach(), 'acc_clean': _accuracy(nat, y), 'acc_adv': _accuracy(adv, y)}
         loss = task + self._type_loss(type_nat, type_adv, metrics)
         return loss, dict(metrics, loss=loss.detach())
@@ -186,7 +204,83 @@ class MTARD(Recipe):
 
     def after_step(self, lr_scale: float):
         # the step's loss used the weights before this update
-        self.weights.update(*self._kl, lr_scale=lr_scale)
+        kl = torch.stack(self._kl)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # under DDP every rank updates from the KLs of the whole batch, so the teacher weights stay one (no host sync)
+            dist.all_reduce(kl)
+            kl = kl / dist.get_world_size()
+        self.weights.update(kl[0], kl[1], lr_scale=lr_scale)
+
+
+class ARATState(nn.Module):
+    """ARAT's trainable predictors and its CE balance (last epoch's clean training accuracy), saved with checkpoints."""
+
+    def __init__(self, dims: Sequence[int], hidden_ratio: float, num_classes: int, device=None):
+        super().__init__()
+        self.invariance = AsymmetricInvariance(dims, hidden_ratio, device=device)
+        self.register_buffer('clean_acc', torch.tensor(1.0 / num_classes, device=device))  # an untrained model's
+        self.register_buffer('correct', torch.zeros((), device=device))
+        self.register_buffer('seen', torch.zeros((), device=device))
+
+
+class ARAT(Recipe):
+    """ ARAT: AT with split BN and an asymmetric invariance loss (Waseda, Chang, Echizen, ICLR 2025).
+
+    Loss = w_adv CE(f_adv(x_adv), y) + w_nat CE(f_clean(x_nat), y) + gamma * mean_l (1 - cos(h_l(z_adv), sg(z_nat))),
+    with (w_adv, w_nat) = (acc, 1 - acc), acc the clean training accuracy of the previous epoch (the released
+    code's auto-balance; --no-arat-auto-balance: (1, 1)). The student must have split BN (MixBN) and run its
+    Adv BN alone at test: `cifar_resnet18` / `awnet_r18` with `{"mix_bn": true, "type_head": false}`.
+    """
+    name = 'arat'
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, forward: nn.Module):
+        super().__init__(cfg, model, forward)
+        if not (self.dynamic and not model.use_type_head):
+            raise ConfigError("recipe arat needs a split-BN student that deploys its Adv BN alone: an AW-Net-family "
+                              "model with --model-kwargs '{\"mix_bn\": true, \"type_head\": false}' "
+                              "(e.g. --model cifar_resnet18)")
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise ConfigError("recipe arat runs on one process: its predictors are outside DDP's gradient sync")
+        self.sites = SiteFeatures(model)
+        device = next(model.parameters()).device
+        self.state = ARATState(self.sites.dims, cfg.arat_predictor_ratio, model.num_classes, device)
+
+    def state_module(self):
+        return self.state
+
+    def param_groups(self):
+        return [{'params': list(self.state.parameters()), 'lr': self.cfg.lr}]
+
+    def start_epoch(self, epoch: int):
+        s = self.state
+        if s.seen > 0:
+            s.clean_acc.copy_(s.correct / s.seen)
+        s.correct.zero_()
+        s.seen.zero_()
+
+    def weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(w_adv, w_nat) of the two cross-entropy terms."""
+        if not self.cfg.arat_auto_balance:
+            one = torch.ones((), device=self.state.clean_acc.device)
+            return one, one
+        return self.state.clean_acc, 1 - self.state.clean_acc
+
+    def loss(self, x, y):
+        x_adv = self.attack.perturb(x, y)
+        with self.sites.capture() as z:
+            nat, adv, type_nat, type_adv = self._routes(x, x_adv)
+        n = len(self.sites.dims)
+        invariance = self.state.invariance(z[n:2 * n], z[:n])  # the forward ran x_nat first, then x_adv
+        w_adv, w_nat = self.weights()
+        ce_adv, ce_nat = F.cross_entropy(adv, y), F.cross_entropy(nat, y)
+        task = w_adv * ce_adv + w_nat * ce_nat + self.cfg.arat_gamma * invariance
+        with torch.no_grad():
+            self.state.correct += (nat.argmax(1) == y).sum()
+            self.state.seen += len(y)
+        metrics = {'loss_task': task.detach(), 'loss_invariance': invariance.detach(), 'w_adv': w_adv.clone(),
+                   'acc_clean': _accuracy(nat, y), 'acc_adv': _accuracy(adv, y)}
+        loss = task + self._type_loss(type_nat, type_adv, metrics)
+        return loss, dict(metrics, loss=loss.detach())
 
 
 def create_recipe(cfg: TrainConfig, model: nn.Module, forward: nn.Module,
@@ -194,7 +288,7 @@ def create_recipe(cfg: TrainConfig, model: nn.Module, forward: nn.Module,
     """The recipe `cfg.recipe` for a student (`model` unwrapped, `forward` its TrainForward, maybe under DDP)."""
     if cfg.recipe == 'mtard':
         return MTARD(cfg, model, forward, teachers or ())
-    classes = {'pgd_at': PGDAT, 'trades': TRADES, 'standard': Standard}
+    classes = {'pgd_at': PGDAT, 'trades': TRADES, 'standard': Standard, 'arat': ARAT}
     if cfg.recipe not in classes:
         raise ValueError(f"unknown recipe '{cfg.recipe}': expected one of mtard, {', '.join(classes)}")
     return classes[cfg.recipe](cfg, model, forward)

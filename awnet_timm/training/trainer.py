@@ -10,32 +10,39 @@ at an epoch boundary continues the run bit for bit (on a deterministic device).
 
 Under `torchrun` every rank trains on its shard of each batch in DistributedDataParallel; metrics are
 averaged over ranks and only rank 0 writes files.
+
+A diverging run stops with `DivergenceError` at the next log line or epoch end (a flag kept on the device,
+so no host sync per step) and never writes non-finite weights; Ctrl-C raises `RunInterrupted`, which names
+the run to resume. A run folder this call created is removed when it fails before its first checkpoint.
 """
 import dataclasses
 import json
+import math
 import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils.distributed import init_distributed_device_so
 from tqdm.auto import tqdm
 
 from ..attacks import LinfPGD
 from ..data import DeviceLoader, ImageTensors, load_dataset
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, resolve_device
 from .checkpoint import (
-    CheckpointError, create_model_with_weights, load_train_state, save_train_state, save_weights)
+    CheckpointError, create_model_with_weights, load_train_state, nonfinite_tensors, run_model_kwargs, save_train_state,
+    save_weights)
 from .config import ConfigError, TrainConfig
 from .recipes import TrainForward, create_recipe, is_dynamic
+from .schedules import create_lr_scheduler
 from .teachers import load_teacher
 
-__all__ = ['train', 'TrainResult', 'evaluate', 'load_run_config', 'RESUMABLE_CHANGES']
+__all__ = ['train', 'TrainResult', 'evaluate', 'load_run_config', 'RESUMABLE_CHANGES', 'DivergenceError', 'RunInterrupted']
 
 # fields a resumed run may change: they do not alter what the run computes
 RESUMABLE_CHANGES = ('resume', 'max_minutes', 'progress', 'log_interval', 'epochs', 'device', 'output', 'data_dir')
@@ -49,14 +56,38 @@ class TrainResult:
     last: Optional[Dict[str, Any]]
     best: Optional[Dict[str, Any]]
     model: nn.Module  # the trained model, unwrapped, as after the last epoch
+    recipe_state: Dict[str, torch.Tensor] = field(default_factory=dict)  # what checkpoints save of the recipe (MTARD's weights)
+
+
+class DivergenceError(RuntimeError):
+    """The training loss or the weights became NaN or inf; the run's checkpoints hold the last finite epoch."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: `run_dir` holds `epochs_saved` finished epochs (0: nothing was kept)."""
+
+    def __init__(self, run_dir: str, epochs_saved: int):
+        super().__init__(run_dir, epochs_saved)
+        self.run_dir, self.epochs_saved = run_dir, epochs_saved
+
+
+class _RunFolder:
+    """Where a train() call stands on disk, so that a failure can clean up or name the run to resume."""
+
+    def __init__(self):
+        self.path, self.created, self.epochs_saved = '', False, 0
+
+    def remove_if_empty_run(self):
+        # a folder made by this call holding no checkpoint yet is a half-made run: leave nothing behind
+        if self.created and self.epochs_saved == 0 and os.path.isdir(self.path):
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 class _Dist:
     """This process's place in a torchrun job (a single process when not launched by torchrun)."""
 
     def __init__(self, device: str):
-        if device == 'auto':
-            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        device = str(resolve_device(device))  # a clear error for a device this machine does not have
         if dist.is_initialized():  # a second train() in the same torchrun process
             self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
             local_rank = int(os.environ.get('LOCAL_RANK', '0'))
@@ -84,6 +115,13 @@ class _Dist:
         if self.enabled:
             dist.all_reduce(t)
         return t
+
+    def any(self, flag: torch.Tensor) -> bool:
+        """Whether the flag is set on any rank (one host sync)."""
+        flag = flag.float().reshape(1)
+        if self.enabled:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's decision, on every rank."""
@@ -141,18 +179,25 @@ def _check_resumable(cfg: TrainConfig, saved: TrainConfig):
 
 
 def _load_data(cfg: TrainConfig, d: _Dist) -> Tuple[ImageTensors, Optional[ImageTensors]]:
+    in_chans = cfg.model_args().get('in_chans', 3)  # images are decoded in the model's channel count
     if d.main or not cfg.download:
-        train = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, cfg.download, cfg.img_size, cfg.train_size)
+        train = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, cfg.download, cfg.img_size, cfg.train_size, in_chans)
     d.barrier()  # rank 0 downloads first
     if not d.main and cfg.download:
-        train = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, False, cfg.img_size, cfg.train_size)
+        train = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, False, cfg.img_size, cfg.train_size, in_chans)
     if cfg.val_size == 0:
         return train, None
     if cfg.val_split == 'holdout':
         if cfg.val_size >= len(train):
             raise ConfigError(f'val_size {cfg.val_size} leaves no training images out of {len(train)}')
         return train.subset(0, len(train) - cfg.val_size), train.subset(len(train) - cfg.val_size)
-    return train, load_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, False, cfg.img_size, cfg.val_size)
+    return train, load_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, False, cfg.img_size, cfg.val_size, in_chans)
+
+
+def _with_built_model_kwargs(cfg: TrainConfig) -> TrainConfig:
+    """The config with the model arguments the model is built with: those of the --pretrained run, then the given ones."""
+    inherited = run_model_kwargs(cfg.pretrained)
+    return dataclasses.replace(cfg, model_kwargs={**inherited, **cfg.model_kwargs}) if inherited else cfg
 
 
 def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -218,15 +263,43 @@ def evaluate(
     return {'correct_clean': counts[0], 'correct_pgd': counts[1], 'count': counts[2]}
 
 
+def _json_line(record: Dict[str, Any]) -> str:
+    # strict JSON: a non-finite number becomes null (bare NaN tokens are not JSON)
+    return json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()},
+                      allow_nan=False)
+
+
 def _log(run_dir: str, record: Dict[str, Any]):
     with open(os.path.join(run_dir, 'log.jsonl'), 'a') as f:
-        f.write(json.dumps(record) + '\n')
+        f.write(_json_line(record) + '\n')
+
+
+def _diverged(epoch: int, step: int, folder: '_RunFolder', what: str = 'the training loss') -> DivergenceError:
+    kept = (f'{folder.path} keeps its last finite epoch ({folder.epochs_saved})' if folder.epochs_saved
+            else 'no epoch had finished, so nothing was kept')
+    return DivergenceError(f'{what} became NaN or inf in epoch {epoch + 1} (by step {step + 1}): the run diverged; {kept}. '
+                           f'Lower --lr (or raise --warmup-epochs) and start again')
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train (or fine-tune) as `cfg` says; returns where the run is and how far it got."""
+    """Train (or fine-tune) as `cfg` says; returns where the run is and how far it got.
+
+    Raises ConfigError / CheckpointError / DatasetError (ValueErrors) on bad input before anything is written,
+    DivergenceError when the loss becomes non-finite, RunInterrupted (a KeyboardInterrupt) on Ctrl-C.
+    """
+    folder = _RunFolder()
+    try:
+        return _train(cfg, folder)
+    except BaseException as e:
+        folder.remove_if_empty_run()
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, RunInterrupted) and folder.path:
+            raise RunInterrupted(folder.path, folder.epochs_saved) from None
+        raise
+
+
+def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
     t_start = time.time()
-    cfg.validate()
+    cfg = _with_built_model_kwargs(cfg.validate())
     d = _Dist(cfg.device)
     run_dir, resume_state = _resolve_run_dir(cfg)
     if resume_state is not None:
@@ -236,6 +309,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ConfigError(f'batch_size {cfg.batch_size} does not split over {d.world_size} ranks')
 
     train_data, val_data = _load_data(cfg, d)
+    if math.ceil(len(train_data) / d.world_size) < cfg.batch_size // d.world_size:
+        raise ConfigError(f'{len(train_data)} training images are fewer than one batch of {cfg.batch_size}: '
+                          f'lower --batch-size (or use more images)')
     num_classes = cfg.num_classes or len(train_data.classes)
     if int(train_data.labels.max()) >= num_classes:
         raise ConfigError(f'labels go up to {int(train_data.labels.max())}, but num_classes is {num_classes}')
@@ -261,15 +337,14 @@ def train(cfg: TrainConfig) -> TrainResult:
             forward, device_ids=[d.device.index] if d.device.type == 'cuda' else None,
             find_unused_parameters=cfg.recipe == 'standard' and is_dynamic(model))
     recipe = create_recipe(cfg, model, forward, teachers)
-    optimizer = create_optimizer_v2(_param_groups(model, cfg), 'momentum', lr=cfg.lr,
+    optimizer = create_optimizer_v2(_param_groups(model, cfg) + recipe.param_groups(), 'momentum', lr=cfg.lr,
                                     weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    scheduler, _ = create_scheduler_v2(optimizer, 'multistep', num_epochs=cfg.epochs, decay_milestones=list(cfg.decay_milestones),
-                                       decay_rate=cfg.decay_rate, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01)
 
     loader_args = dict(device=d.device, seed=cfg.seed, rank=d.rank, world_size=d.world_size,
                        resident=cfg.data_on_device, channels_last=cfg.channels_last)
     train_loader = DeviceLoader(train_data, cfg.batch_size // d.world_size, train=True, pad=cfg.crop_pad, flip=cfg.hflip, **loader_args)
     val_loader = DeviceLoader(val_data, cfg.batch_size // d.world_size, train=False, **loader_args) if val_data is not None else None
+    scheduler = create_lr_scheduler(cfg, optimizer, len(train_loader))
 
     start_epoch, best = 0, None
     if resume_state is not None:
@@ -283,12 +358,16 @@ def train(cfg: TrainConfig) -> TrainResult:
             recipe.state_module().load_state_dict({k.split('.', 1)[1]: v for k, v in extra.items() if k.startswith('recipe.')})
         scheduler.load_state_dict(meta['scheduler'])
         start_epoch, best = meta['epoch'], meta.get('best')
+    folder.path, folder.epochs_saved = run_dir, start_epoch
     if d.main:
+        folder.created = not os.path.isdir(run_dir)
         os.makedirs(run_dir, exist_ok=True)
         atomic_write_text(os.path.join(run_dir, 'config.json'), cfg.to_json())
-        print(f'awnet train: run {run_dir} on {d.device} x{d.world_size}, {"bf16" if autocast else "fp32"}, '
-              f'{len(train_data)} train / {len(val_data) if val_data else 0} val images, '
-              f'{"resuming at epoch " + str(start_epoch + 1) if start_epoch else "from scratch"}\n{cfg.to_json()}')
+        start = ('resuming at epoch ' + str(start_epoch + 1) if start_epoch else
+                 f'from the weights of {cfg.pretrained}' if cfg.pretrained else 'from scratch')
+        print(f'awnet {"finetune" if cfg.pretrained else "train"}: run {run_dir} on {d.device} x{d.world_size}, '
+              f'{"bf16" if autocast else "fp32"}, {len(train_data)} train / {len(val_data) if val_data else 0} val images, '
+              f'{start}\n{cfg.to_json()}')
 
     last, epoch_times, finished = None, [], True
     epoch = start_epoch
@@ -298,19 +377,37 @@ def train(cfg: TrainConfig) -> TrainResult:
         scheduler.step(epoch)
         train_loader.set_epoch(epoch)
         _set_train_mode(model, frozen)
+        recipe.start_epoch(epoch)
         sums: Dict[str, torch.Tensor] = {}
+        nonfinite = torch.zeros((), dtype=torch.bool, device=d.device)  # checked at log lines and epoch end, not per step
         bar = tqdm(train_loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (d.main and cfg.progress), leave=False)
+        step = -1
         for step, (x, y) in enumerate(bar):
+            scheduler.step_update(epoch * len(train_loader) + step)  # per-step schedules (no-op for multistep)
             with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss, metrics = recipe.loss(x, y)
+            nonfinite |= ~torch.isfinite(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             recipe.after_step(optimizer.param_groups[0]['lr'] / cfg.lr if cfg.lr > 0 else 1.0)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v.float()
-            if (step + 1) % cfg.log_interval == 0 and d.main and cfg.progress:
-                bar.set_postfix({k: f'{v.item() / (step + 1):.3f}' for k, v in sums.items() if k in ('loss', 'acc_adv', 'acc_clean')})
+            if (step + 1) % cfg.log_interval == 0:
+                if d.any(nonfinite):
+                    raise _diverged(epoch, step, folder)
+                if d.main:
+                    shown = {k: f'{v.item() / (step + 1):.3f}' for k, v in sums.items() if k in ('loss', 'acc_adv', 'acc_clean')}
+                    if cfg.progress:
+                        bar.set_postfix(shown)
+                    else:
+                        tqdm.write(f'epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{len(train_loader)}: '
+                                   + ', '.join(f'{k} {v}' for k, v in shown.items()))
+        if d.any(nonfinite):
+            raise _diverged(epoch, step, folder)
+        bad = nonfinite_tensors(model.state_dict())
+        if d.any(torch.tensor(bool(bad), device=d.device)):
+            raise _diverged(epoch, step, folder, f'the weights ({", ".join(bad[:3]) or "on another rank"})')
         train_metrics = d.mean({k: v / len(train_loader) for k, v in sums.items()})
         record = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'], 'images': len(train_loader) * cfg.batch_size,
                   **{f'train_{k}': v for k, v in train_metrics.items()}}
@@ -334,17 +431,19 @@ def train(cfg: TrainConfig) -> TrainResult:
             save_weights(os.path.join(run_dir, 'last.safetensors'), model, {'epoch': str(epoch + 1), 'model': cfg.model})
             save_train_state(os.path.join(run_dir, 'last.state.safetensors'), model, optimizer, extra, meta)
             _log(run_dir, record)
-            tqdm.write(json.dumps(record))
+            tqdm.write(_json_line(record))
+        folder.epochs_saved = epoch + 1
         epoch_times.append(time.time() - t_epoch)
-        if cfg.max_minutes is not None and epoch + 1 < cfg.epochs:
+        if cfg.max_minutes and epoch + 1 < cfg.epochs:  # 0 or None: no limit
             elapsed = time.time() - t_start
             out_of_time = elapsed + sum(epoch_times) / len(epoch_times) > cfg.max_minutes * 60
             if d.agree(out_of_time):
                 finished = False
                 if d.main:
                     tqdm.write(f'awnet train: stopping after epoch {epoch + 1} to stay within --max-minutes '
-                          f'{cfg.max_minutes}; continue with --resume {run_dir}')
+                               f'{cfg.max_minutes}; continue with `awnet train --resume {run_dir}` (--max-minutes 0: no limit)')
                 break
     d.barrier()
     epochs_done = (epoch + 1) if cfg.epochs > start_epoch else start_epoch
-    return TrainResult(run_dir, epochs_done, finished, last, best, model)
+    recipe_state = dict(recipe.state_module().state_dict()) if recipe.state_module() is not None else {}
+    return TrainResult(run_dir, epochs_done, finished, last, best, model, recipe_state)

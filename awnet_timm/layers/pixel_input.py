@@ -1,0 +1,72 @@
+""" The input contract of the models here: a (B, C, H, W) floating-point batch of pixels in [0, 1]
+
+The models normalize their inputs themselves (so attacks take eps in pixel units), unlike most timm
+models. An input already normalized (ImageNet/CIFAR mean and std) or in 0-255 would give garbage
+silently, so its values are checked, in eager mode only and without a host sync per call:
+`input_check='first'` checks the first batch a model sees (one sync, once), `'always'` every batch
+(one sync each), `'off'` never. Traced, scripted and compiled graphs skip the value check; the
+shape and dtype checks cost nothing and always run.
+"""
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.fx._symbolic_trace import is_fx_tracing
+from timm.layers import register_notrace_function
+
+__all__ = ['INPUT_CHECKS', 'check_pixel_batch', 'check_pixel_values', 'input_check_mode']
+
+INPUT_CHECKS = ('first', 'always', 'off')
+_TOLERANCE = 1. / 255  # one grey level: resampling may overshoot [0, 1] slightly
+
+
+def input_check_mode(mode: str) -> str:
+    if mode not in INPUT_CHECKS:
+        raise ValueError(f"unknown input_check '{mode}': expected one of {', '.join(INPUT_CHECKS)}")
+    return mode
+
+
+@register_notrace_function
+def check_pixel_batch(x: torch.Tensor, in_chans: int) -> None:
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f'the model expects a (B, {in_chans}, H, W) batch of pixels in [0, 1], got shape {list(x.shape)}')
+    if not x.is_floating_point():
+        raise TypeError(
+            f'the model expects floating-point pixels in [0, 1], got dtype {x.dtype} (for uint8 images use x.float() / 255)')
+
+
+@torch.jit.unused
+def check_pixel_values(model: nn.Module, x: Any, in_chans: int, weight_dtype: torch.dtype) -> None:
+    """Eager checks of `x` for `model` (its `input_check` attribute says how often the values are checked)."""
+    if torch.compiler.is_compiling() or is_fx_tracing():
+        return
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f'the model expects a torch.Tensor of pixels in [0, 1] with shape (B, {in_chans}, H, W), got '
+            f'{type(x).__module__}.{type(x).__name__} (for a uint8 NHWC numpy array use '
+            f'torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255)')
+    check_pixel_batch(x, in_chans)
+    if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f'the model\'s weights are {weight_dtype} but the input is {x.dtype}: convert one of them '
+                        f'(x.to({weight_dtype}) or model.to({x.dtype})), or run under torch.autocast')
+    mode = model.input_check
+    if mode == 'off' or (mode == 'first' and model.input_checked):
+        return
+    with torch.no_grad():
+        x = x.detach()
+        finite = torch.isfinite(x).all()
+        lo, hi = torch.aminmax(torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device)))
+        finite, lo, hi = torch.stack([finite.to(torch.float32), lo.to(torch.float32), hi.to(torch.float32)]).tolist()
+    off = "model.set_input_check('off') turns this check off"
+    if not finite:
+        raise ValueError(f'the input holds NaN or inf values: the model expects finite pixels in [0, 1] ({off})')
+    if hi > 1. + _TOLERANCE and hi <= 255. and lo >= 0.:
+        raise ValueError(f'the input holds values up to {hi:g}: the model expects pixels in [0, 1], not 0-255 '
+                         f'(divide by 255; {off})')
+    if lo < -_TOLERANCE or hi > 1. + _TOLERANCE:
+        raise ValueError(
+            f'the input holds values in [{lo:.3g}, {hi:.3g}]: the model expects pixels in [0, 1] and normalizes them '
+            f'itself, so do not apply mean/std normalization (its pretrained_cfg says mean=0, std=1, so timm\'s '
+            f'transforms already give [0, 1]; {off})')
+    model.input_checked = True

@@ -1,0 +1,135 @@
+""" The budget: a throughput probe of a training stage's real step, and the most whole epochs that fit a share
+
+The probe builds the stage's model, teachers and recipe as `train()` does, runs untimed warm-up steps
+(the first one under `torch.utils.flop_counter.FlopCounterMode`, which gives the FLOPs per image of the
+whole step: attack, teachers, student forward and backward), then times `steps` steps between device
+synchronisations, and one per-epoch evaluation batch. Achieved TFLOP/s = FLOPs per image x images/s.
+"""
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from timm.optim import create_optimizer_v2
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..data import DeviceLoader, ImageTensors
+from ..training import TrainConfig, TrainForward, create_model_with_weights, create_recipe, evaluate
+
+__all__ = ['Probe', 'probe_stage', 'fit_epochs', 'device_name', 'uses_autocast']
+
+
+@dataclass
+class Probe:
+    images_per_second: float  # training steps
+    val_images_per_second: float  # the per-epoch evaluation (clean + PGD)
+    flops_per_image: float  # one training step, forward and backward, per image
+    setup_seconds: float  # building the model and the extra time of the warm-up steps (compilation)
+    batch_size: int
+
+    @property
+    def tflops(self) -> float:
+        """Achieved TFLOP/s of the training step."""
+        return self.flops_per_image * self.images_per_second / 1e12
+
+    def epoch_seconds(self, train_images: int, val_images: int) -> float:
+        return train_images / self.images_per_second + (val_images / self.val_images_per_second if val_images else 0.)
+
+    def to_dict(self) -> Dict[str, float]:
+        return dict(asdict(self), tflops=self.tflops)
+
+
+def uses_autocast(cfg: TrainConfig, device: torch.device) -> bool:
+    """The trainer's rule: bf16 autocast when asked, or on CUDA with precision 'auto'."""
+    return cfg.precision == 'bf16' or (cfg.precision == 'auto' and device.type == 'cuda')
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f'cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's module tracker, whose backward hooks break torch.autograd.grad (the attacks)."""
+    parents = {'Global'}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _sync(device: torch.device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def probe_stage(cfg: TrainConfig, data: ImageTensors, teachers: Optional[Sequence[nn.Module]], device: torch.device,
+                warmup: int = 2, steps: int = 5) -> Probe:
+    """Images/s, FLOPs per image and setup time of `cfg`'s training step (and its per-epoch evaluation) on `device`."""
+    t_setup = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = create_model_with_weights(cfg.model, cfg.pretrained, len(data.classes), **cfg.model_args()).to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = TrainForward(model)
+    if cfg.compile:
+        model.compile()
+        forward.compile()
+    recipe = create_recipe(cfg, model, forward, teachers)
+    optimizer = create_optimizer_v2(model, 'momentum', lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    autocast = uses_autocast(cfg, device)
+    batch = min(cfg.batch_size, len(data))
+    loader = DeviceLoader(data.subset(0, batch), batch, device, train=True, pad=cfg.crop_pad, flip=cfg.hflip,
+                          seed=cfg.seed, channels_last=cfg.channels_last)
+    x, y = next(iter(loader))
+
+    def step():
+        model.train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss, _ = recipe.loss(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        recipe.after_step(1.0)
+
+    build_seconds = time.perf_counter() - t_setup
+    t_warm = time.perf_counter()
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()
+    with counter:
+        step()
+    flops = counter.get_total_flops()
+    for _ in range(warmup - 1):
+        step()
+    _sync(device)
+    warm_seconds = time.perf_counter() - t_warm
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    step_seconds = (time.perf_counter() - t0) / steps
+
+    val_loader = DeviceLoader(data.subset(0, batch), batch, device, train=False, channels_last=cfg.channels_last)
+    t0 = time.perf_counter()
+    evaluate(model, val_loader, cfg.eps, cfg.attack_step, cfg.val_attack_steps, autocast)
+    _sync(device)
+    val_seconds = time.perf_counter() - t0
+    del model, forward, recipe, optimizer
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+    return Probe(images_per_second=batch / step_seconds, val_images_per_second=batch / val_seconds,
+                 flops_per_image=flops / batch, setup_seconds=build_seconds + max(0., warm_seconds - warmup * step_seconds),
+                 batch_size=batch)
+
+
+def fit_epochs(seconds: float, epoch_seconds: float, setup_seconds: float, max_epochs: int) -> int:
+    """The most whole epochs (at most max_epochs) that fit `seconds` after `setup_seconds`; 0 if none does."""
+    if epoch_seconds <= 0:
+        raise ValueError(f'epoch_seconds must be > 0, got {epoch_seconds}')
+    return max(0, min(max_epochs, math.floor((seconds - setup_seconds) / epoch_seconds)))

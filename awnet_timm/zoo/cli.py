@@ -1,0 +1,85 @@
+""" `awnet zoo run|pack|unpack`: the zoo's subcommands (the logic lives in runner.py and pack.py) """
+import argparse
+
+from ..utils import number_arg
+from .plan import list_plans
+
+__all__ = ['add_zoo_parser']
+
+_HELP = 'Budgeted runs from data to evaluated, exported checkpoints (run), and their trip back (pack, unpack).'
+_RUN_EPILOG = """\
+  awnet zoo run --plan smoke --data-dir ../shared/data/cifar10 --out output/zoo-smoke       # CPU, a few minutes
+  awnet zoo run --plan cifar10 --budget-minutes 8 --data-dir .data/cifar10 --out /tmp/zoo  # one GPU window
+Stages, their shares of the budget and their settings are in the plan (awnet_timm/zoo/plans/<name>.json).
+"""
+
+
+def run_zoo_command(args) -> int:
+    from .plan import load_plan
+    from .runner import run_zoo
+    plan = load_plan(args.plan, dataset=args.dataset)
+    result = run_zoo(plan, args.budget_minutes or plan.budget_minutes, args.data_dir, args.out, device=args.device, resume=args.resume,
+                     progress=args.progress)
+    if result.failed:
+        print(f"awnet zoo run: stages failed: {', '.join(result.failed)} (see {result.out}/manifest.json)")
+        return 1
+    return 0
+
+
+def pack_command(args) -> int:
+    from .pack import pack_run
+    result = pack_run(args.dir, args.out, max_file_mb=args.max_file_mb, max_total_mb=args.max_total_mb,
+                      max_files=args.max_files, rest=args.rest)
+    m = result.manifest
+    print(f"awnet zoo pack: {len(m['files'])} files, {m['total_bytes'] / 2**20:.1f} MiB in {len(m['parts'])} parts, "
+          f"{m['trips']} trip(s)")
+    for f in m['files']:
+        parts = [p for p in m['parts'] if p['offset'] < f['offset'] + f['size'] and f['offset'] < p['offset'] + p['size']]
+        trips = sorted({p['trip'] for p in parts})
+        print(f"  trip {','.join(map(str, trips)):5s} {f['size'] / 2**20:8.2f} MiB  {f['priority']:17s} {f['path']}")
+    for k, folder in enumerate(result.trips, 1):
+        print(f'  trip {k}: {folder}')
+    if result.left_behind:
+        print(f'awnet zoo pack: did not fit trip 1 ({args.out}): {len(result.left_behind)} file(s), in {", ".join(result.trips[1:])}')
+    else:
+        print('awnet zoo pack: everything fits trip 1')
+    return 0
+
+
+def unpack_command(args) -> int:
+    from .pack import unpack_parts
+    result = unpack_parts(args.parts, args.out)
+    print(f'awnet zoo unpack: wrote {len(result.written)} file(s) to {args.out}, each sha256-verified')
+    for path in result.missing:
+        print(f'  missing (its parts have not arrived): {path}')
+    return 0
+
+
+def add_zoo_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser('zoo', help=_HELP, description=_HELP)
+    zoo = p.add_subparsers(dest='zoo_command', required=True)
+    r = zoo.add_parser('run', help='Run a plan within a time budget.', epilog=_RUN_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument('--plan', default='smoke', help=f"plan name ({', '.join(list_plans())}) or a .json plan file (default: %(default)s)")
+    r.add_argument('--budget-minutes', type=number_arg, default=None,
+                   help="wall-clock budget of the whole run, minutes (default: the plan's budget_minutes)")
+    r.add_argument('--data-dir', required=True, help='dataset root (e.g. ../shared/data/cifar10)')
+    r.add_argument('--dataset', default=None, help="override the plan's dataset (e.g. imagefolder with a digits folder)")
+    r.add_argument('--out', required=True, help='folder of the run: manifest.json, runs/, eval/, releases/')
+    r.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
+    r.add_argument('--resume', action='store_true', help='continue the run in --out, keeping its finished training stages')
+    r.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bars (default: on)')
+    r.set_defaults(func=run_zoo_command)
+    k = zoo.add_parser('pack', help='Split a zoo folder\'s results into parts for the trip back, in priority order.')
+    k.add_argument('dir', help='the --out folder of `awnet zoo run`')
+    k.add_argument('out', help='folder for the first trip\'s parts')
+    k.add_argument('--max-file-mb', type=number_arg, default=15, help='largest part, MiB (default: %(default)s)')
+    k.add_argument('--max-total-mb', type=number_arg, default=60, help='largest trip, MiB (default: %(default)s)')
+    k.add_argument('--max-files', type=int, default=8, help='most files per trip, part manifest included (default: %(default)s)')
+    k.add_argument('--rest', default=None, help='folder for the later trips (default: DIR/pack-rest)')
+    k.set_defaults(func=pack_command)
+    u = zoo.add_parser('unpack', help='Rejoin and verify parts written by `awnet zoo pack`.')
+    u.add_argument('parts', nargs='+', help='folders holding zoo-pack.json and parts (one per trip)')
+    u.add_argument('--out', required=True, help='folder to rebuild the files in')
+    u.set_defaults(func=unpack_command)
+    return p
