@@ -22,7 +22,7 @@ from timm.optim import create_optimizer_v2
 
 import awnet_timm  # noqa: F401  registers the models
 from awnet_timm.timing import median_times
-from awnet_timm.training import TrainConfig, TrainForward, create_recipe
+from awnet_timm.training import TrainConfig, TrainForward, create_recipe, train_step
 
 ROWS = (('pgd_at', 'cifar_resnet18'), ('mtard', 'cifar_resnet18'), ('mtard', 'awnet_r18'))
 
@@ -48,12 +48,7 @@ def _step(recipe_name: str, model_name: str, args, device: torch.device) -> Call
 
     def step():
         model.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = recipe.loss(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        recipe.after_step(1.0)
+        train_step(recipe, optimizer, x, y, bf16)
 
     return step
 

@@ -31,7 +31,7 @@ from .arat import AsymmetricInvariance, SiteFeatures
 from .config import ConfigError, TrainConfig
 from .mtard_loss import AdaptiveTeacherWeights, distill_kl, type_loss
 
-__all__ = ['TrainForward', 'Recipe', 'create_recipe', 'is_dynamic']
+__all__ = ['TrainForward', 'Recipe', 'create_recipe', 'is_dynamic', 'train_step']
 
 Metrics = Dict[str, torch.Tensor]
 
@@ -281,6 +281,18 @@ class ARAT(Recipe):
                    'acc_clean': _accuracy(nat, y), 'acc_adv': _accuracy(adv, y)}
         loss = task + self._type_loss(type_nat, type_adv, metrics)
         return loss, dict(metrics, loss=loss.detach())
+
+
+def train_step(recipe: 'Recipe', optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, autocast: bool,
+               lr_scale: float = 1.0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """One optimisation step of `recipe` on (x, y): loss (under bf16 autocast if asked), backward, SGD step, recipe update."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss, metrics = recipe.loss(x, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    recipe.after_step(lr_scale)
+    return loss, metrics
 
 
 def create_recipe(cfg: TrainConfig, model: nn.Module, forward: nn.Module,

@@ -38,7 +38,7 @@ from .checkpoint import (
     CheckpointError, create_model_with_weights, load_train_state, nonfinite_tensors, run_model_kwargs, save_train_state,
     save_weights)
 from .config import ConfigError, TrainConfig
-from .recipes import TrainForward, create_recipe, is_dynamic
+from .recipes import TrainForward, create_recipe, is_dynamic, train_step
 from .schedules import create_lr_scheduler
 from .teachers import load_teacher
 
@@ -384,13 +384,9 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
         step = -1
         for step, (x, y) in enumerate(bar):
             scheduler.step_update(epoch * len(train_loader) + step)  # per-step schedules (no-op for multistep)
-            with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss, metrics = recipe.loss(x, y)
+            lr_scale = optimizer.param_groups[0]['lr'] / cfg.lr if cfg.lr > 0 else 1.0
+            loss, metrics = train_step(recipe, optimizer, x, y, autocast, lr_scale)
             nonfinite |= ~torch.isfinite(loss.detach())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            recipe.after_step(optimizer.param_groups[0]['lr'] / cfg.lr if cfg.lr > 0 else 1.0)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v.float()
             if (step + 1) % cfg.log_interval == 0:

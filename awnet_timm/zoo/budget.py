@@ -16,7 +16,7 @@ from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..data import DeviceLoader, ImageTensors
-from ..training import TrainConfig, TrainForward, create_model_with_weights, create_recipe, evaluate
+from ..training import TrainConfig, TrainForward, create_model_with_weights, create_recipe, evaluate, train_step
 
 __all__ = ['Probe', 'probe_stage', 'fit_epochs', 'device_name', 'uses_autocast']
 
@@ -91,12 +91,7 @@ def probe_stage(cfg: TrainConfig, data: ImageTensors, teachers: Optional[Sequenc
 
     def step():
         model.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, _ = recipe.loss(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        recipe.after_step(1.0)
+        train_step(recipe, optimizer, x, y, autocast)
 
     build_seconds = time.perf_counter() - t_setup
     t_warm = time.perf_counter()

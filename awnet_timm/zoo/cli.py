@@ -9,7 +9,7 @@ __all__ = ['add_zoo_parser']
 _HELP = 'Budgeted runs from data to evaluated, exported checkpoints (run), and their trip back (pack, unpack).'
 _RUN_EPILOG = """\
   awnet zoo run --plan smoke --data-dir ../shared/data/cifar10 --out output/zoo-smoke       # CPU, a few minutes
-  awnet zoo run --plan cifar10 --budget-minutes 8 --data-dir .data/cifar10 --out /tmp/zoo  # one GPU window
+  awnet zoo run --plan cifar10 --budget-minutes 8 --data-dir .data/cifar10 --out output/zoo  # one GPU window
 Stages, their shares of the budget and their settings are in the plan (awnet_timm/zoo/plans/<name>.json).
 """
 
