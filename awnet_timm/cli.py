@@ -115,6 +115,9 @@ def config_from_args(command: str, args: argparse.Namespace) -> TrainConfig:
         base = load_run_config(run.rsplit('/', 1)[0] if run.endswith('.safetensors') else run)
     if 'decay_milestones' in given:
         given['decay_milestones'] = tuple(given['decay_milestones'])
+    if command == 'finetune' and base.val_split == 'val' and given.get('dataset', base.dataset) != 'imagefolder' \
+            and 'val_split' not in given:
+        given['val_split'] = 'test'  # 'val' is the ImageFolder default; the other datasets hold out their test split
     cfg = dataclasses.replace(base, **given)
     if command == 'finetune' and not cfg.pretrained:
         raise ConfigError('awnet finetune needs --pretrained: a .safetensors file, a run directory, a name.tag or hf-hub:org/repo')

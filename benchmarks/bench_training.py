@@ -18,11 +18,10 @@ from typing import Callable, Dict
 
 import timm
 import torch
-from timm.optim import create_optimizer_v2
 
 import awnet_timm  # noqa: F401  registers the models
 from awnet_timm.timing import median_times
-from awnet_timm.training import TrainConfig, TrainForward, create_recipe, train_step
+from awnet_timm.training import TrainConfig, TrainForward, create_recipe, create_train_optimizer, train_step
 
 ROWS = (('pgd_at', 'cifar_resnet18'), ('mtard', 'cifar_resnet18'), ('mtard', 'awnet_r18'))
 
@@ -41,7 +40,7 @@ def _step(recipe_name: str, model_name: str, args, device: torch.device) -> Call
         model.compile()
         forward.compile()
     recipe = create_recipe(cfg, model, forward, teachers)
-    optimizer = create_optimizer_v2(model, 'momentum', lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    optimizer = create_train_optimizer(cfg, model, recipe)
     x = torch.rand(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     bf16 = args.precision == 'bf16'

@@ -7,6 +7,7 @@
 # Environment: PLAN (cifar10), DEVICE (cuda; cpu runs the same steps here), DATA_DIR (.data/cifar10, filled by
 # scripts/prepare_gpu_carry.sh), ZOO_DIR (/tmp/zoo: outside the repository, so a warm machine keeps it between
 # calls), PARTS_DIR (trip 1 of the packed results: $OUT on the device machine), PYTHON (python3), SMOKE_MINUTES (4),
+# INCLUDE (optional stages of the real plan, space-separated, e.g. student_arat; none by default: the window is for AW-Net),
 # CALL_SECONDS (530: the whole script ends by then, packed; the budget shrinks to fit).
 # Exit: 0 all done; 1 the smoke plan failed (its records are packed to PARTS_DIR); 2 the real plan had a failed
 # stage (what finished is packed); 3 the machine lacks torch/CUDA; 4 the offline install failed; 5 bad data.
@@ -21,6 +22,7 @@ ZOO_DIR=${ZOO_DIR:-/tmp/zoo}
 PARTS_DIR=${PARTS_DIR:-${OUT:-$ZOO_DIR-parts}}
 PY=${PYTHON:-python3}
 SMOKE_MINUTES=${SMOKE_MINUTES:-4}
+INCLUDE=${INCLUDE:-}
 CALL_SECONDS=${CALL_SECONDS:-530}
 SITE=${SITE:-/tmp/awnet-site}
 T0=$(date +%s)
@@ -91,7 +93,7 @@ say "5/6 plan $PLAN, budget $budget minutes (asked $BUDGET), hard stop after $li
 rm -rf "$ZOO_DIR"
 # past the hard stop the run gets Ctrl-C: the manifest is written after every stage, so only the stage running is lost
 timeout --signal=INT --kill-after=20 "$limit" "$PY" -m awnet_timm.cli zoo run --plan "$PLAN" --budget-minutes "$budget" \
-    --device "$DEVICE" --data-dir "$DATA_DIR" --out "$ZOO_DIR" --no-progress
+    --device "$DEVICE" --data-dir "$DATA_DIR" --out "$ZOO_DIR" --no-progress $(for s in $INCLUDE; do echo --include "$s"; done)
 run_rc=$?
 
 say "6/6 packing for the trip back: trip 1 -> $PARTS_DIR, later trips -> $ZOO_DIR/pack-rest/trip-N"

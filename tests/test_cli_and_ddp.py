@@ -40,6 +40,14 @@ def test_finetune_needs_weights_and_bad_options_fail_clearly(capsys, tmp_path):
     assert "expected a number such as 0.03 or 8/255" in capsys.readouterr().err
 
 
+def test_finetune_holds_out_the_val_split_of_an_imagefolder_and_the_test_split_of_other_datasets():
+    def val_split(*more):
+        args = build_parser().parse_args(['finetune', '--pretrained', 'w.safetensors', '--data-dir', 'd', *more])
+        return config_from_args('finetune', args).val_split
+    assert val_split() == 'val' and val_split('--dataset', 'cifar10-offline') == 'test'
+    assert val_split('--dataset', 'cifar10-offline', '--val-split', 'holdout') == 'holdout'
+
+
 def _tiny_train_args(digits, out, *more):
     return ['train', '--recipe', 'standard', '--model', 'cifar_resnet18', '--model-kwargs', json.dumps(TINY),
             '--dataset', 'imagefolder', '--data-dir', digits, '--val-split', 'val', '--train-size', '64', '--val-size', '32',
@@ -140,10 +148,16 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def test_torchrun_two_processes_train_one_model_on_shards(digits, teacher_run, tmp_path):
-    cfg = tiny_config(digits, tmp_path / 'runs', recipe='mtard', train_size=128, val_size=48, batch_size=32, epochs=2,
-                      teacher_nat='cifar_resnet18', teacher_nat_checkpoint=teacher_run,
-                      teacher_adv='cifar_resnet18', teacher_adv_checkpoint=teacher_run)
+@pytest.mark.parametrize('recipe', ['mtard', 'arat'])
+def test_torchrun_two_processes_train_one_model_on_shards(digits, teacher_run, tmp_path, recipe):
+    if recipe == 'mtard':
+        cfg = tiny_config(digits, tmp_path / 'runs', recipe='mtard', train_size=128, val_size=48, batch_size=32, epochs=2,
+                          teacher_nat='cifar_resnet18', teacher_nat_checkpoint=teacher_run,
+                          teacher_adv='cifar_resnet18', teacher_adv_checkpoint=teacher_run)
+    else:  # ARAT's predictors and CE balance live outside DDP: averaged and summed by the recipe itself
+        cfg = tiny_config(digits, tmp_path / 'runs', recipe='arat', model='cifar_resnet18',
+                          model_kwargs=dict(TINY, mix_bn=True, type_head=False), train_size=128, val_size=48,
+                          batch_size=32, epochs=1)
     (tmp_path / 'worker.py').write_text(WORKER)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
            str(tmp_path / 'worker.py'), cfg.to_json(), str(tmp_path)]
@@ -151,9 +165,13 @@ def test_torchrun_two_processes_train_one_model_on_shards(digits, teacher_run, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_file(str(tmp_path / 'rank0.safetensors')), load_file(str(tmp_path / 'rank1.safetensors'))
     assert all(torch.equal(a[k], b[k]) for k in a)  # gradients were averaged: one model on both ranks
-    assert {'recipe.w_nat', 'recipe.first_nat', 'recipe.first_adv'} <= a.keys()  # MTARD's weights, from the mean KLs
-    assert a['recipe.w_nat'] != 0.5
     log = [json.loads(line) for line in open(tmp_path / 'runs' / 'run' / 'log.jsonl')]
-    assert [r['epoch'] for r in log] == [1, 2]  # rank 0 alone wrote the log
+    if recipe == 'mtard':
+        assert {'recipe.w_nat', 'recipe.first_nat', 'recipe.first_adv'} <= a.keys()  # MTARD's weights, from the mean KLs
+        assert a['recipe.w_nat'] != 0.5
+    else:  # the predictors trained as one, and the CE balance is the clean accuracy of both shards
+        assert {'recipe.invariance.predictors.0.0.weight', 'recipe.clean_acc'} <= a.keys()
+        assert a['recipe.clean_acc'].item() == pytest.approx(log[-1]['train_acc_clean'])  # both shards', not one rank's
+    assert [r['epoch'] for r in log] == list(range(1, cfg.epochs + 1))  # rank 0 alone wrote the log
     assert all(r['val_images'] == 48 and r['images'] == 128 for r in log)  # both shards counted
     assert os.path.isfile(tmp_path / 'runs' / 'run' / 'last.state.safetensors')

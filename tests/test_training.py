@@ -153,10 +153,14 @@ def _tensors(path):
     return load_file(path)
 
 
-def test_resume_after_interruption_gives_the_same_weights(digits, teacher_run, tmp_path):
+@pytest.mark.parametrize('recipe', ['mtard', 'arat'])
+def test_resume_after_interruption_gives_the_same_weights(digits, teacher_run, tmp_path, recipe):
     common = dict(recipe='mtard', teacher_nat='cifar_resnet18', teacher_nat_checkpoint=teacher_run,
                   teacher_adv='cifar_resnet18', teacher_adv_checkpoint=teacher_run, train_size=64, epochs=3,
                   decay_milestones=(2,))
+    if recipe == 'arat':  # its predictors, their momentum and the CE balance of the epoch before must come back too
+        common = dict(recipe='arat', model='cifar_resnet18', model_kwargs=dict(TINY, mix_bn=True, type_head=False),
+                      train_size=64, epochs=3, decay_milestones=(2,))
     full = train(tiny_config(digits, tmp_path / 'full', **common))
     assert full.finished and full.epochs_done == 3
     # interrupted: the budget stops it after the first epoch; a later process resumes it
@@ -166,9 +170,11 @@ def test_resume_after_interruption_gives_the_same_weights(digits, teacher_run, t
     assert resumed.finished and resumed.epochs_done == 3
     a, b = _tensors(os.path.join(full.run_dir, 'last.safetensors')), _tensors(os.path.join(resumed.run_dir, 'last.safetensors'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert full.recipe_state.keys() == resumed.recipe_state.keys() and len(full.recipe_state) > 1
+    assert all(torch.equal(full.recipe_state[k], resumed.recipe_state[k]) for k in full.recipe_state)
     log = [json.loads(line) for line in open(os.path.join(resumed.run_dir, 'log.jsonl'))]
     assert [r['epoch'] for r in log] == [1, 2, 3] and log[1]['lr'] == pytest.approx(0.01)
-    assert {'val_clean_acc', 'val_pgd_acc', 'val_w_robust_acc', 'train_w_nat'} <= set(log[0])
+    assert {'val_clean_acc', 'val_pgd_acc', 'val_w_robust_acc', 'train_w_nat' if recipe == 'mtard' else 'train_w_adv'} <= set(log[0])
     best = load_file(os.path.join(resumed.run_dir, 'best.safetensors'))
     assert best.keys() == a.keys()
     assert resumed.best['val_w_robust_acc'] == max(r['val_w_robust_acc'] for r in log)

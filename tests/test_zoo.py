@@ -16,6 +16,7 @@ from awnet_timm.utils import sha256_file
 from awnet_timm.zoo import PackError, ZooError, load_plan, list_plans, pack_run, unpack_parts
 from awnet_timm.zoo.budget import fit_epochs
 from awnet_timm.zoo.pack import PACK_MANIFEST
+from awnet_timm.zoo.plan import PLAN_DIR
 from awnet_timm.zoo.runner import merge_chunks
 
 from conftest import TINY_AWNET
@@ -134,6 +135,36 @@ def test_deadline_skips_what_cannot_finish_and_keeps_evaluation_and_export(smoke
     assert os.path.isfile(os.path.join(zoo, stages['export']['folders'][STUDENTS[0]], 'awnet_eval.json'))
 
 
+def test_the_optional_arat_student_runs_only_when_included_for_the_students_epochs(smoke, tmp_path):
+    code, out, data = smoke
+    before = _manifest(out)
+    assert 'student_arat' not in before['stages'] and 'student_arat' not in json.dumps(before['plan']['stages'])
+    zoo = str(tmp_path / 'zoo')
+    shutil.copytree(out, zoo)
+    with open(os.path.join(PLAN_DIR, 'smoke.json')) as f:
+        plan = json.load(f)
+    next(s for s in plan['stages'] if s['name'] == 'evaluate')['attacks'] = ['fgsm']  # a cheaper evaluation
+    plan_file = str(tmp_path / 'smoke.json')
+    with open(plan_file, 'w') as f:
+        json.dump(plan, f)
+    assert main(['zoo', 'run', '--plan', plan_file, '--include', 'student_arat', '--out', zoo, '--device', 'cpu',
+                 '--no-progress', '--resume', '--budget-minutes', '30'] + data) == 0
+    m = _manifest(zoo)
+    stages = m['stages']
+    assert all(stages[n]['resumed'] for n in TEACHERS + STUDENTS)  # the earlier stages are kept, not retrained
+    arat = stages['student_arat']
+    assert arat['status'] == 'done' and arat['recipe'] == 'arat' and 'resumed' not in arat
+    assert arat['epochs_done'] == m['groups']['students']['epochs'] == stages[STUDENTS[0]]['epochs_done']
+    assert arat['settings']['seed'] == stages[STUDENTS[0]]['settings']['seed']
+    result = stages['evaluate']['results']['student_arat']
+    assert result['n'] == 8 and list(result['attacks']) == ['fgsm']
+    folder = os.path.join(zoo, stages['export']['folders']['student_arat'])
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True)  # a plain static network: the Adv BN alone
+    assert model.mix_bn is False and not any('.clean.' in k or 'predictor' in k for k in model.state_dict())
+    with pytest.raises(ZooError, match="optional stages are student_arat"):
+        load_plan('smoke', include=['student_nope'])
+
+
 def test_fit_epochs_matches_counting():
     for seconds, epoch, setup, cap in [(100, 7, 3, 50), (10, 20, 0, 5), (60, 6, 0, 10), (61, 6, 1, 3), (5, 1, 10, 4)]:
         count = 0
@@ -168,7 +199,7 @@ def test_pack_unpack_round_trip(smoke, tmp_path):
     m = result.manifest
     assert m['trips'] >= 2 and len(result.trips) == m['trips'] and result.left_behind
     assert m['files'][0]['path'].startswith('releases/awnet_r18.') and m['files'][0]['priority'] == 'AW-Net release'
-    order = ['AW-Net release', 'records and logs', 'other releases', 'teachers']
+    order = ['AW-Net release', 'records and logs', 'baseline release', 'other releases', 'teachers']
     assert [order.index(f['priority']) for f in m['files']] == sorted(order.index(f['priority']) for f in m['files'])
     packed = {f['path'] for f in m['files']}
     assert 'manifest.json' in packed and not any('last.state' in p or p.startswith('data/') for p in packed)
@@ -214,6 +245,13 @@ def test_plans_ship_and_bad_plans_are_refused(tmp_path, capsys):
     students = [s for s in cifar10.stages if s.kind == 'train' and s.epochs_group == 'students']
     assert sorted(s.config['model'] for s in students) == ['awnet_r18', 'cifar_resnet18']
     assert all(s.config['recipe'] == 'mtard' for s in students)
+    # the optional ARAT student joins the students' group; the training shares shrink in proportion to make room
+    arat = load_plan('cifar10', include=['student_arat'])
+    assert [s.name for s in arat.stages if s.kind == 'train' and s.epochs_group == 'students'][-1] == 'student_arat'
+    assert sum(s.share for s in arat.stages) == pytest.approx(1) and arat.stage('evaluate').share == cifar10.stage('evaluate').share
+    assert arat.stage('student_arat').config['recipe'] == 'arat' and 'student_arat' in arat.stage('export').students
+    ratio = {s.name: arat.stage(s.name).share / s.share for s in cifar10.stages if s.kind == 'train'}
+    assert max(ratio.values()) == pytest.approx(min(ratio.values())) and max(ratio.values()) < 1
     good = load_plan('smoke').to_dict()
     cases = [
         (dict(good, stages=[dict(good['stages'][0], share=1.5)]), 'share'),

@@ -115,7 +115,11 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     groups = ', '.join(f"{g} ({' '.join(n)})" for g, n in GROUPS.items())
     p = sub.add_parser('eval', help='Robustness evaluation: the paper\'s attacks, AutoAttack, router-aware and transfer attacks.',
                        description='Evaluate any timm model taking [0, 1] pixels, in eval mode, on the first N test images. '
-                                   'Writes a JSON record, a Markdown table and an accuracy-vs-eps plot.')
+                                   'Writes a JSON record, a Markdown table and an accuracy-vs-eps plot. A model with an HPM '
+                                   'head (head=hpm) also gets, without asking, MSA and transfer attacks from its two '
+                                   'differentiable surrogates (hpm_fc: its FC head; hpm_soft: the l2 head without the '
+                                   'straight-through estimator) and the black-box attacks, since its STE masks gradients; '
+                                   'the worst case is taken over all of them.')
     p.add_argument('--model', required=True, help='timm model name, name.tag or hf-hub:org/repo')
     p.add_argument('--checkpoint', default='', help='weights: .safetensors file or run directory of awnet train')
     p.add_argument('--model-kwargs', type=json.loads, default={}, help='extra model arguments as JSON')
@@ -137,7 +141,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--square-queries', type=int, default=5000, help='queries of the Square attack (default: %(default)s)')
     p.add_argument('--aa-version', default='standard', choices=('standard', 'plus'), help='AutoAttack version (default: %(default)s)')
     p.add_argument('--surrogate', action='append', default=[], metavar='MODEL[=CHECKPOINT]',
-                   help='surrogate model for the transfer attacks (repeatable)')
+                   help='surrogate model for the transfer attacks (repeatable; an HPM model adds its own two)')
     p.add_argument('--batch-size', type=int, default=256, help='images per batch of the PGD attacks (default: %(default)s)')
     p.add_argument('--aa-batch-size', type=int, default=500,
                    help='images per batch of AutoAttack and Square, which run once over all N (default: %(default)s)')

@@ -73,6 +73,10 @@ class TrainForward(nn.Module):
         return outputs
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == y).float().mean()
 
@@ -100,11 +104,14 @@ class Recipe:
         """Recipe state saved with checkpoints (MTARD's teacher weights), if any."""
         return None
 
+    def before_step(self):
+        """Called between the backward pass and the optimizer step (gradients of the recipe's own modules)."""
+
     def after_step(self, lr_scale: float):
         """Called after each optimizer step with the current lr / base lr."""
 
-    def start_epoch(self, epoch: int):
-        """Called before each epoch's first step (0-based epoch)."""
+    def end_epoch(self):
+        """Called after each epoch's last step, before the checkpoint saves `state_module()`."""
 
     def param_groups(self) -> List[Dict]:
         """Optimizer parameter groups of the recipe's own trainable modules (ARAT's predictors), if any."""
@@ -205,10 +212,10 @@ class MTARD(Recipe):
     def after_step(self, lr_scale: float):
         # the step's loss used the weights before this update
         kl = torch.stack(self._kl)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if _world_size() > 1:
             # under DDP every rank updates from the KLs of the whole batch, so the teacher weights stay one (no host sync)
             dist.all_reduce(kl)
-            kl = kl / dist.get_world_size()
+            kl = kl / _world_size()
         self.weights.update(kl[0], kl[1], lr_scale=lr_scale)
 
 
@@ -239,8 +246,6 @@ class ARAT(Recipe):
             raise ConfigError("recipe arat needs a split-BN student that deploys its Adv BN alone: an AW-Net-family "
                               "model with --model-kwargs '{\"mix_bn\": true, \"type_head\": false}' "
                               "(e.g. --model cifar_resnet18)")
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            raise ConfigError("recipe arat runs on one process: its predictors are outside DDP's gradient sync")
         self.sites = SiteFeatures(model)
         device = next(model.parameters()).device
         self.state = ARATState(self.sites.dims, cfg.arat_predictor_ratio, model.num_classes, device)
@@ -251,8 +256,29 @@ class ARAT(Recipe):
     def param_groups(self):
         return [{'params': list(self.state.parameters()), 'lr': self.cfg.lr}]
 
-    def start_epoch(self, epoch: int):
+    def before_step(self):
+        # the predictors live outside DistributedDataParallel (the student's forward is what DDP wraps), so their
+        # gradients are averaged here, as DDP averages the student's: one set of predictors on every rank
+        if _world_size() > 1:
+            grads = [p.grad for p in self.state.parameters() if p.grad is not None]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= _world_size()
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def end_epoch(self):
+        # the next epoch's CE balance: this epoch's clean training accuracy over every rank's shard
         s = self.state
+        if _world_size() > 1:
+            counts = torch.stack([s.correct, s.seen])
+            dist.all_reduce(counts)
+            s.correct.copy_(counts[0])
+            s.seen.copy_(counts[1])
+            for b in s.invariance.buffers():  # the predictors' BN statistics: rank 0's, as DDP does for the student
+                dist.broadcast(b, 0)
         if s.seen > 0:
             s.clean_acc.copy_(s.correct / s.seen)
         s.correct.zero_()
@@ -290,6 +316,7 @@ def train_step(recipe: 'Recipe', optimizer: torch.optim.Optimizer, x: torch.Tens
         loss, metrics = recipe.loss(x, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    recipe.before_step()
     optimizer.step()
     recipe.after_step(lr_scale)
     return loss, metrics

@@ -42,7 +42,7 @@ from .recipes import TrainForward, create_recipe, is_dynamic, train_step
 from .schedules import create_lr_scheduler
 from .teachers import load_teacher
 
-__all__ = ['train', 'TrainResult', 'evaluate', 'load_run_config', 'RESUMABLE_CHANGES', 'DivergenceError', 'RunInterrupted']
+__all__ = ['train', 'TrainResult', 'evaluate', 'create_train_optimizer', 'load_run_config', 'RESUMABLE_CHANGES', 'DivergenceError', 'RunInterrupted']
 
 # fields a resumed run may change: they do not alter what the run computes
 RESUMABLE_CHANGES = ('resume', 'max_minutes', 'progress', 'log_interval', 'epochs', 'device', 'output', 'data_dir')
@@ -236,6 +236,12 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict[str, Any]]:
     return [g for g in groups if g['params']]
 
 
+def create_train_optimizer(cfg: TrainConfig, model: nn.Module, recipe) -> torch.optim.Optimizer:
+    """timm's momentum SGD over the student's trainable parameters (the router's at router_lr) and the recipe's own."""
+    return create_optimizer_v2(_param_groups(model, cfg) + recipe.param_groups(), 'momentum', lr=cfg.lr,
+                               weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+
+
 @torch.no_grad()
 def _no_grad_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (model(x).argmax(1) == y).sum()
@@ -337,8 +343,7 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
             forward, device_ids=[d.device.index] if d.device.type == 'cuda' else None,
             find_unused_parameters=cfg.recipe == 'standard' and is_dynamic(model))
     recipe = create_recipe(cfg, model, forward, teachers)
-    optimizer = create_optimizer_v2(_param_groups(model, cfg) + recipe.param_groups(), 'momentum', lr=cfg.lr,
-                                    weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    optimizer = create_train_optimizer(cfg, model, recipe)
 
     loader_args = dict(device=d.device, seed=cfg.seed, rank=d.rank, world_size=d.world_size,
                        resident=cfg.data_on_device, channels_last=cfg.channels_last)
@@ -377,7 +382,6 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
         scheduler.step(epoch)
         train_loader.set_epoch(epoch)
         _set_train_mode(model, frozen)
-        recipe.start_epoch(epoch)
         sums: Dict[str, torch.Tensor] = {}
         nonfinite = torch.zeros((), dtype=torch.bool, device=d.device)  # checked at log lines and epoch end, not per step
         bar = tqdm(train_loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (d.main and cfg.progress), leave=False)
@@ -401,6 +405,7 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
                                    + ', '.join(f'{k} {v}' for k, v in shown.items()))
         if d.any(nonfinite):
             raise _diverged(epoch, step, folder)
+        recipe.end_epoch()
         bad = nonfinite_tensors(model.state_dict())
         if d.any(torch.tensor(bool(bad), device=d.device)):
             raise _diverged(epoch, step, folder, f'the weights ({", ".join(bad[:3]) or "on another rank"})')

@@ -12,11 +12,11 @@ from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..data import DeviceLoader, ImageTensors
-from ..training import TrainConfig, TrainForward, create_model_with_weights, create_recipe, evaluate, train_step
+from ..training import (
+    TrainConfig, TrainForward, create_model_with_weights, create_recipe, create_train_optimizer, evaluate, train_step)
 
 __all__ = ['Probe', 'probe_stage', 'fit_epochs', 'device_name', 'uses_autocast']
 
@@ -82,7 +82,7 @@ def probe_stage(cfg: TrainConfig, data: ImageTensors, teachers: Optional[Sequenc
         model.compile()
         forward.compile()
     recipe = create_recipe(cfg, model, forward, teachers)
-    optimizer = create_optimizer_v2(model, 'momentum', lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    optimizer = create_train_optimizer(cfg, model, recipe)
     autocast = uses_autocast(cfg, device)
     batch = min(cfg.batch_size, len(data))
     loader = DeviceLoader(data.subset(0, batch), batch, device, train=True, pad=cfg.crop_pad, flip=cfg.hflip,

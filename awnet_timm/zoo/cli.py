@@ -10,6 +10,7 @@ _HELP = 'Budgeted runs from data to evaluated, exported checkpoints (run), and t
 _RUN_EPILOG = """\
   awnet zoo run --plan smoke --data-dir ../shared/data/cifar10 --out output/zoo-smoke       # CPU, a few minutes
   awnet zoo run --plan cifar10 --budget-minutes 8 --data-dir .data/cifar10 --out output/zoo  # one GPU window
+  awnet zoo run --plan smoke --include student_arat --data-dir ../shared/data/cifar10 --out output/zoo-arat
 Stages, their shares of the budget and their settings are in the plan (awnet_timm/zoo/plans/<name>.json).
 """
 
@@ -17,7 +18,7 @@ Stages, their shares of the budget and their settings are in the plan (awnet_tim
 def run_zoo_command(args) -> int:
     from .plan import load_plan
     from .runner import run_zoo
-    plan = load_plan(args.plan, dataset=args.dataset)
+    plan = load_plan(args.plan, dataset=args.dataset, include=args.include)
     result = run_zoo(plan, args.budget_minutes or plan.budget_minutes, args.data_dir, args.out, device=args.device, resume=args.resume,
                      progress=args.progress)
     if result.failed:
@@ -64,6 +65,9 @@ def add_zoo_parser(sub) -> argparse.ArgumentParser:
     r.add_argument('--budget-minutes', type=number_arg, default=None,
                    help="wall-clock budget of the whole run, minutes (default: the plan's budget_minutes)")
     r.add_argument('--data-dir', required=True, help='dataset root (e.g. ../shared/data/cifar10)')
+    r.add_argument('--include', action='append', default=[], metavar='STAGE',
+                   help="also run this optional stage of the plan (repeatable); the shipped plans have student_arat, "
+                        "an ARAT student (static cifar_resnet18, split BN in training) trained for the students' epochs")
     r.add_argument('--dataset', default=None, help="override the plan's dataset (e.g. imagefolder with a digits folder)")
     r.add_argument('--out', required=True, help='folder of the run: manifest.json, runs/, eval/, releases/')
     r.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda' (default: %(default)s)")

@@ -1,8 +1,8 @@
 """ `awnet zoo pack` / `awnet zoo unpack`: a zoo folder's results, split into parts that fit a trip back
 
 The files that matter are concatenated in priority order (the AW-Net release first, then records and
-logs, then the other releases, then the teachers' weights) and cut into parts of at most `max_file_mb`.
-Parts are grouped into trips of at most `max_total_mb` and `max_files` files, the part manifest
+logs, the MTARD baseline's release, the other releases (ARAT's), the teachers' weights) and cut into parts
+of at most `max_file_mb`. Parts are grouped into trips of at most `max_total_mb` and `max_files` files, the part manifest
 `zoo-pack.json` (each file's offset, size and sha256; each part's size and sha256) counted in every trip.
 Trip 1 goes to OUT; later trips to `REST/trip-K`. Unpacking checks every part's sha256 before writing
 anything, then writes (atomically) each file whose bytes all arrived, checks its sha256, and names the rest.
@@ -27,10 +27,10 @@ MB = 1 << 20
 _PRIORITIES = (
     (0, 'releases/awnet_*/*'),
     (1, 'manifest.json'), (1, 'eval/*'), (1, 'runs/*/config.json'), (1, 'runs/*/log.jsonl'),
-    (2, 'releases/*/*'),
+    (2, 'releases/*.mtard_*/*'), (3, 'releases/*/*'),
 )
 # a student whose export did not run: its run's weights take the place of its release
-_PRIORITY_NAMES = ('AW-Net release', 'records and logs', 'other releases', 'teachers')
+_PRIORITY_NAMES = ('AW-Net release', 'records and logs', 'baseline release', 'other releases', 'teachers')
 
 
 class PackError(ValueError):
@@ -63,7 +63,8 @@ def _run_weights(run_dir: str) -> List[Tuple[str, int]]:
     for name, s in stages.items():
         if not s.get('weights') or name in released:
             continue
-        prio = 3 if name in teachers else 0 if s.get('model', '').startswith('awnet') else 2
+        prio = (4 if name in teachers else 0 if s.get('model', '').startswith('awnet') else
+                2 if s.get('recipe') == 'mtard' else 3)
         found.append((s['weights'].replace(os.sep, '/'), prio))
     return found
 

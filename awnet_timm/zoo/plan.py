@@ -12,13 +12,16 @@ A plan (shipped ones live in `plans/`; any path to a .json works too) holds:
   - `evaluate`: `students` (evaluated with `attacks` on the first images of the exact test set, in chunks,
     N between `n_min` and `n_target`) and `teachers` (clean accuracy, and PGD-20 for adversarial recipes);
   - `export`: `students` written as Hub folders of `dtype`, their cards carrying the run's provenance.
-A stage runs once every stage in its `after` list (and every '@stage' teacher) has finished.
+A stage runs once every stage in its `after` list (and every '@stage' teacher) has finished. A stage marked
+`optional` runs only when asked for (`awnet zoo run --include NAME`); left out, it is dropped from the plan and
+from the other stages' lists. When included stages make the shares add up to more than 1, the training stages'
+shares are scaled down to fit (training time is split among them by their shares; evaluation and export keep theirs).
 """
 import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..training import TrainConfig
 from ..training.config import ConfigError
@@ -38,6 +41,7 @@ class Stage:
     kind: str
     share: float
     after: Tuple[str, ...] = ()
+    optional: bool = False  # runs only when included by name
 
 
 @dataclass
@@ -162,8 +166,33 @@ def _check(plan: Plan, where: str) -> Plan:
     return plan
 
 
-def load_plan(name_or_path: str, dataset: Optional[str] = None) -> Plan:
-    """A shipped plan by name ('smoke', 'cifar10') or a plan file, checked; `dataset` overrides the plan's."""
+def _select(stages: List[Stage], include: Sequence[str], where: str) -> List[Stage]:
+    """The stages that run: the optional ones in `include` and every other one, with the shares made to fit."""
+    optional = [s.name for s in stages if s.optional]
+    unknown = sorted(set(include) - set(optional))
+    if unknown:
+        raise ZooError(f"{where}: cannot include {', '.join(unknown)}: the plan's optional stages are "
+                       f"{', '.join(optional) or 'none'}")
+    dropped = set(optional) - set(include)
+    kept = []
+    for s in stages:
+        if s.name in dropped:
+            continue
+        lists = {k: tuple(n for n in getattr(s, k) if n not in dropped) for k in ('after', 'students', 'teachers')
+                 if hasattr(s, k)}
+        kept.append(dataclasses.replace(s, **lists))
+    train = sum(s.share for s in kept if isinstance(s, TrainStage))
+    rest = sum(s.share for s in kept) - train
+    if include and train + rest > 1 and train > 0 and rest < 1:
+        kept = [dataclasses.replace(s, share=s.share * (1 - rest) / train) if isinstance(s, TrainStage) else s for s in kept]
+    return kept
+
+
+def load_plan(name_or_path: str, dataset: Optional[str] = None, include: Sequence[str] = ()) -> Plan:
+    """ A shipped plan by name ('smoke', 'cifar10') or a plan file, checked.
+
+    `dataset` overrides the plan's; `include` names the optional stages to run (the others are left out).
+    """
     path = name_or_path if name_or_path.endswith('.json') else os.path.join(PLAN_DIR, f'{name_or_path}.json')
     if not os.path.isfile(path):
         raise ZooError(f"no plan '{name_or_path}': expected one of {', '.join(list_plans())} or a .json plan file")
@@ -175,7 +204,7 @@ def load_plan(name_or_path: str, dataset: Optional[str] = None) -> Plan:
     keys = {'name', 'description', 'dataset', 'train', 'stages', 'probe', 'budget_minutes'}
     if not isinstance(raw, dict) or not {'name', 'dataset', 'stages'} <= set(raw) or set(raw) - keys:
         raise ZooError(f"plan '{path}': expected an object with keys {', '.join(sorted(keys))} (name, dataset and stages required)")
-    stages = [_stage(s, f"plan '{path}'") for s in raw['stages']]
+    stages = _select([_stage(s, f"plan '{path}'") for s in raw['stages']], include, f"plan '{raw['name']}'")
     plan = Plan(name=raw['name'], description=raw.get('description', ''), dataset=dataset or raw['dataset'],
                 train=dict(raw.get('train', {})), stages=stages, probe=dict(raw.get('probe', {'warmup': 2, 'steps': 5})),
                 budget_minutes=float(raw.get('budget_minutes', 10.0)), source=path)
