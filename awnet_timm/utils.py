@@ -1,9 +1,10 @@
 """Small helpers shared by training, evaluation, Hub export and the CLI: atomic files, hashes, eps as text, devices."""
 import argparse
 import hashlib
+import json
 import os
 import tempfile
-from typing import Callable
+from typing import Any, Callable, Type
 
 import torch
 
@@ -92,6 +93,15 @@ def atomic_write_text(path: str, text: str) -> None:
         with open(tmp, 'w') as f:
             f.write(text)
     atomic_write(path, write)
+
+
+def read_json(path: str, error: Type[Exception] = ValueError, what: str = '') -> Any:
+    """The JSON value in `path`; a file that is not valid UTF-8 JSON raises `error` naming it (`what`: e.g. 'plan')."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{what + ' ' if what else ''}'{path}' is not valid JSON: {e}") from None
 
 
 def sha256_file(path: str) -> str:

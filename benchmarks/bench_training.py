@@ -21,35 +21,23 @@ import torch
 
 import awnet_timm  # noqa: F401  registers the models
 from awnet_timm.timing import median_times
-from awnet_timm.training import TrainConfig, TrainForward, create_recipe, create_train_optimizer, train_step
+from awnet_timm.training import TrainConfig, fixed_batch_step
 
 ROWS = (('pgd_at', 'cifar_resnet18'), ('mtard', 'cifar_resnet18'), ('mtard', 'awnet_r18'))
 
 
 def _step(recipe_name: str, model_name: str, args, device: torch.device) -> Callable[[], None]:
     cfg = TrainConfig(recipe=recipe_name, model=model_name, teacher_nat='cifar_resnet56', teacher_adv='cifar_wrn34_10',
-                      attack_steps=args.attack_steps)
+                      attack_steps=args.attack_steps, compile=args.compile)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = timm.create_model(model_name, device=device).to(memory_format=memory_format)
     teachers = None
     if recipe_name == 'mtard':
         teachers = [timm.create_model(name, device=device).to(memory_format=memory_format).eval().requires_grad_(False)
                     for name in (cfg.teacher_nat, cfg.teacher_adv)]
-    forward = TrainForward(model)
-    if args.compile:
-        model.compile()
-        forward.compile()
-    recipe = create_recipe(cfg, model, forward, teachers)
-    optimizer = create_train_optimizer(cfg, model, recipe)
     x = torch.rand(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
-    bf16 = args.precision == 'bf16'
-
-    def step():
-        model.train()
-        train_step(recipe, optimizer, x, y, bf16)
-
-    return step
+    return fixed_batch_step(cfg, model, teachers, x, y, autocast=args.precision == 'bf16')
 
 
 def run(args, device: torch.device) -> Dict[str, float]:

@@ -20,7 +20,7 @@ def test_linf_attack_reaches_the_analytic_worst_case_of_a_linear_model(attack, l
     x = 0.3 + 0.4 * torch.rand(6, 3, 4, 4)  # eps-ball stays inside [0, 1]
     y = torch.randint(0, 2, (6,))
     eps = 0.05
-    w, b = model[1].weight, model[1].bias
+    w = model[1].weight
     direction = (w[1 - y] - w[y]).reshape(6, 3, 4, 4)  # gradient of the margin z_other - z_y
     best = (x + eps * direction.sign()).clamp(0, 1)
     adv = (LinfPGD(model, eps, step_size=eps / 4, steps=10, loss=loss) if attack == 'pgd' else FGSM(model, eps, loss=loss)).perturb(x, y)

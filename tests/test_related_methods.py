@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from awnet_timm.layers import MixBatchNorm2d
 from awnet_timm.training import ConfigError, TrainConfig, TrainForward, create_model_with_weights, create_recipe, train
 from awnet_timm.training.arat import AsymmetricInvariance, deploy_adv_bn
-from conftest import TINY, TINY_AWNET, tiny_config
+from conftest import TINY, tiny_config
 
 SMALL = dict(layers=(1, 1), channels=(8, 16))
 SPLIT_BN = dict(mix_bn=True, type_head=False)

@@ -8,7 +8,7 @@ import os
 import platform
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..utils import atomic_write, atomic_write_text, eps_string
+from ..utils import atomic_write, atomic_write_text, eps_string, read_json
 
 __all__ = ['REPORT_VERSION', 'build_record', 'write_report', 'load_record', 'markdown_table', 'label_offsets', 'plot_eps_curve',
            'plot_tradeoff']
@@ -114,11 +114,7 @@ def write_report(record: Dict[str, Any], path: str) -> None:
 
 def load_record(path: str) -> Dict[str, Any]:
     """An `awnet eval` record read back, with the fields the plots read checked (ValueError says which is missing)."""
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"'{path}' is not an awnet eval record: not valid JSON ({e})") from None
+    record = read_json(path, what='awnet eval record')
     if not isinstance(record, dict) or 'awnet_eval_version' not in record:
         raise ValueError(f"'{path}' is not an awnet eval record (no 'awnet_eval_version'): give JSON files written by awnet eval")
     ok = (isinstance(record.get('model'), str) and isinstance(record.get('clean_acc'), (int, float))

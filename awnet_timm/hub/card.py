@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from huggingface_hub import EvalResult, ModelCardData
 
 from ..training import TrainConfig
-from ..utils import eps_string
+from ..utils import eps_string, read_json
 from .errors import HubReleaseError
 
 __all__ = ['CardInfo', 'load_eval_record', 'check_eval_record', 'model_card', 'zoo_row', 'pct', 'architecture_of', 'TASKS']
@@ -131,11 +131,7 @@ def load_eval_record(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise HubReleaseError(f"evaluation record '{path}' does not exist (write one with `awnet eval` on the exported "
                               f"model.safetensors)")
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HubReleaseError(f"evaluation record '{path}' is not valid JSON: {e}") from None
+    record = read_json(path, HubReleaseError, 'evaluation record')
     where = f"evaluation record '{path}'"
     version = _field(record, 'awnet_eval_version', int, where)
     if version != EVAL_VERSION:

@@ -7,7 +7,6 @@ evaluation record in it was made on this `model.safetensors` (same sha256). Then
 from the environment (`HF_TOKEN`, or the one `hf auth login` stored); the endpoint from `HF_ENDPOINT`
 unless given. A dry run does every check and no HTTP.
 """
-import json
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -18,7 +17,7 @@ from huggingface_hub.errors import HFValidationError, HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 
 from ..models.awnet import HUB_ORG
-from ..utils import sha256_file
+from ..utils import read_json, sha256_file
 from .card import check_eval_record, load_eval_record
 from .errors import HubReleaseError
 from .export import RELEASE_FILES
@@ -65,11 +64,7 @@ def check_release_folder(folder: str, allow_unevaluated: bool = False, allow_par
     missing = [f for f in _REQUIRED if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         raise HubReleaseError(f"'{folder}' lacks {', '.join(missing)}: it is not an export of `awnet export`")
-    with open(os.path.join(folder, 'config.json')) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise HubReleaseError(f"'{folder}/config.json' is not valid JSON: {e}") from None
+    config = read_json(os.path.join(folder, 'config.json'), HubReleaseError)
     arch = config.get('architecture') if isinstance(config, dict) else None
     if not arch or not timm.is_model(arch):
         raise HubReleaseError(f"'{folder}/config.json' names architecture {arch!r}, which is not a registered timm model")

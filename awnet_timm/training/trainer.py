@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -42,7 +42,7 @@ from .recipes import TrainForward, create_recipe, is_dynamic, train_step
 from .schedules import create_lr_scheduler
 from .teachers import load_teacher
 
-__all__ = ['train', 'TrainResult', 'evaluate', 'create_train_optimizer', 'load_run_config', 'RESUMABLE_CHANGES', 'DivergenceError', 'RunInterrupted']
+__all__ = ['train', 'TrainResult', 'evaluate', 'create_train_optimizer', 'fixed_batch_step', 'load_run_config', 'RESUMABLE_CHANGES', 'DivergenceError', 'RunInterrupted']
 
 # fields a resumed run may change: they do not alter what the run computes
 RESUMABLE_CHANGES = ('resume', 'max_minutes', 'progress', 'log_interval', 'epochs', 'device', 'output', 'data_dir')
@@ -240,6 +240,27 @@ def create_train_optimizer(cfg: TrainConfig, model: nn.Module, recipe) -> torch.
     """timm's momentum SGD over the student's trainable parameters (the router's at router_lr) and the recipe's own."""
     return create_optimizer_v2(_param_groups(model, cfg) + recipe.param_groups(), 'momentum', lr=cfg.lr,
                                weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+
+
+def fixed_batch_step(cfg: TrainConfig, model: nn.Module, teachers: Optional[Sequence[nn.Module]], x: torch.Tensor,
+                     y: torch.Tensor, autocast: bool) -> Callable[[], None]:
+    """ `cfg`'s training step on one fixed batch, built as `train()` builds it, for timing and FLOP counting.
+
+    TrainForward (compiled with the model when `cfg.compile`), recipe and optimizer; each call of the returned
+    function runs one step in train mode. Used by the zoo's throughput probe and benchmarks/bench_training.py.
+    """
+    forward = TrainForward(model)
+    if cfg.compile:
+        model.compile()
+        forward.compile()
+    recipe = create_recipe(cfg, model, forward, teachers)
+    optimizer = create_train_optimizer(cfg, model, recipe)
+
+    def step():
+        model.train()
+        train_step(recipe, optimizer, x, y, autocast)
+
+    return step
 
 
 @torch.no_grad()

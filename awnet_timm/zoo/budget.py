@@ -15,8 +15,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..data import DeviceLoader, ImageTensors
-from ..training import (
-    TrainConfig, TrainForward, create_model_with_weights, create_recipe, create_train_optimizer, evaluate, train_step)
+from ..training import TrainConfig, create_model_with_weights, evaluate, fixed_batch_step
 
 __all__ = ['Probe', 'probe_stage', 'fit_epochs', 'device_name', 'uses_autocast']
 
@@ -77,22 +76,12 @@ def probe_stage(cfg: TrainConfig, data: ImageTensors, teachers: Optional[Sequenc
     model = create_model_with_weights(cfg.model, cfg.pretrained, len(data.classes), **cfg.model_args()).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    forward = TrainForward(model)
-    if cfg.compile:
-        model.compile()
-        forward.compile()
-    recipe = create_recipe(cfg, model, forward, teachers)
-    optimizer = create_train_optimizer(cfg, model, recipe)
     autocast = uses_autocast(cfg, device)
     batch = min(cfg.batch_size, len(data))
     loader = DeviceLoader(data.subset(0, batch), batch, device, train=True, pad=cfg.crop_pad, flip=cfg.hflip,
                           seed=cfg.seed, channels_last=cfg.channels_last)
     x, y = next(iter(loader))
-
-    def step():
-        model.train()
-        train_step(recipe, optimizer, x, y, autocast)
-
+    step = fixed_batch_step(cfg, model, teachers, x, y, autocast)
     build_seconds = time.perf_counter() - t_setup
     t_warm = time.perf_counter()
     counter = FlopCounterMode(display=False)
@@ -115,7 +104,7 @@ def probe_stage(cfg: TrainConfig, data: ImageTensors, teachers: Optional[Sequenc
     evaluate(model, val_loader, cfg.eps, cfg.attack_step, cfg.val_attack_steps, autocast)
     _sync(device)
     val_seconds = time.perf_counter() - t0
-    del model, forward, recipe, optimizer
+    del model, step
     if device.type == 'cuda':
         torch.cuda.empty_cache()
     return Probe(images_per_second=batch / step_seconds, val_images_per_second=batch / val_seconds,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..utils import atomic_write, atomic_write_text, sha256_file
+from ..utils import atomic_write, atomic_write_text, read_json, sha256_file
 
 __all__ = ['PackError', 'PackResult', 'UnpackResult', 'pack_run', 'unpack_parts', 'pack_order', 'PACK_MANIFEST']
 
@@ -183,11 +183,7 @@ def _load_manifest(folder: str) -> Dict:
     path = os.path.join(folder, PACK_MANIFEST)
     if not os.path.isfile(path):
         raise PackError(f"'{folder}' has no {PACK_MANIFEST}: expected a folder written by `awnet zoo pack`")
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError as e:
-        raise PackError(f"'{path}' is not valid JSON: {e}") from None
+    manifest = read_json(path, PackError)
     if manifest.get('pack_version') != PACK_VERSION:
         raise PackError(f"'{path}' is pack version {manifest.get('pack_version')}, this awnet_timm reads {PACK_VERSION}")
     return manifest

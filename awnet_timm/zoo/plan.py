@@ -18,13 +18,13 @@ from the other stages' lists. When included stages make the shares add up to mor
 shares are scaled down to fit (training time is split among them by their shares; evaluation and export keep theirs).
 """
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..training import TrainConfig
 from ..training.config import ConfigError
+from ..utils import read_json
 
 __all__ = ['ZooError', 'Plan', 'Stage', 'TrainStage', 'EvaluateStage', 'ExportStage', 'load_plan', 'list_plans', 'PLAN_DIR']
 
@@ -196,11 +196,7 @@ def load_plan(name_or_path: str, dataset: Optional[str] = None, include: Sequenc
     path = name_or_path if name_or_path.endswith('.json') else os.path.join(PLAN_DIR, f'{name_or_path}.json')
     if not os.path.isfile(path):
         raise ZooError(f"no plan '{name_or_path}': expected one of {', '.join(list_plans())} or a .json plan file")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ZooError(f"plan '{path}' is not valid JSON: {e}") from None
+    raw = read_json(path, ZooError, 'plan')
     keys = {'name', 'description', 'dataset', 'train', 'stages', 'probe', 'budget_minutes'}
     if not isinstance(raw, dict) or not {'name', 'dataset', 'stages'} <= set(raw) or set(raw) - keys:
         raise ZooError(f"plan '{path}': expected an object with keys {', '.join(sorted(keys))} (name, dataset and stages required)")
