@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_plot_parser(sub)
     add_filters_parser(sub)
-    from .hub.cli import add_export_parser, add_publish_parser
+    from .hub.cli import add_export_parser, add_mirror_parser, add_publish_parser
     add_export_parser(sub)
     add_publish_parser(sub)
+    add_mirror_parser(sub)
     from .zoo.cli import add_zoo_parser
     add_zoo_parser(sub)
     return parser

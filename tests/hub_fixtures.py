@@ -3,7 +3,7 @@
 - `make_run`: a run directory in the format `awnet train` writes (config.json = TrainConfig, best/last.safetensors),
   made directly so a full-size model needs no training;
 - `eval_record`: the realistic `awnet eval` record of tests/data/awnet_eval_example.json, made on a given file;
-- `OlahMirror`: olah 0.5.4 (its own virtualenv) serving export folders as git repos, offline, on 127.0.0.1;
+- `olah_mirror`: `awnet_timm.hub.mirror.HubMirror` (olah 0.5.4, its own virtualenv) serving export folders;
 - `HubUploadServer`: a small in-process server speaking the part of the Hub's API that `HfApi.create_repo`,
   `create_branch`, `create_commit` (regular uploads) and `hf_hub_download` use (docs/offline_hub.md section 7);
 - `point_hub_at`: redirect the already imported huggingface_hub (its constants are read at import).
@@ -12,13 +12,8 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import socket
-import subprocess
 import threading
-import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
@@ -29,6 +24,7 @@ import torch
 import yaml
 from huggingface_hub import constants as hf_constants
 
+from awnet_timm.hub.mirror import HubMirror
 from awnet_timm.training import TrainConfig
 from awnet_timm.training.checkpoint import save_weights
 
@@ -104,65 +100,9 @@ def find_olah_cli() -> str:
     pytest.fail(message)
 
 
-def _git(cwd: str, *args: str) -> None:
-    subprocess.run(['git', '-c', 'user.name=awnet-tests', '-c', 'user.email=tests@awnet.invalid', '-c', 'commit.gpgsign=false',
-                    '-c', 'init.defaultBranch=main', *args], cwd=cwd, check=True, capture_output=True)
-
-
-class OlahMirror:
-    """olah serving `{repo_id: folder}` from git repositories under `root`, on 127.0.0.1 (offline mirror mode)."""
-
-    def __init__(self, root: str, repos: Dict[str, str]):
-        self.root = root
-        self.port = free_port()
-        self.url = f'http://127.0.0.1:{self.port}'
-        self.repos = repos
-        self.proc: Optional[subprocess.Popen] = None
-        self.log = os.path.join(root, 'olah.log')
-
-    def start(self) -> 'OlahMirror':
-        cli = find_olah_cli()
-        mirrors = os.path.join(self.root, 'mirrors')
-        for repo_id, folder in self.repos.items():
-            work = os.path.join(mirrors, 'models', repo_id)
-            shutil.copytree(folder, work)
-            _git(work, 'init', '-q', '-b', 'main')
-            _git(work, 'add', '-A')
-            _git(work, 'commit', '-q', '-m', f'{repo_id} from awnet export')
-        config = os.path.join(self.root, 'olah.toml')
-        with open(config, 'w') as f:
-            f.write(f'[basic]\nhost = "127.0.0.1"\nport = {self.port}\n'
-                    f'repos-path = "{os.path.join(self.root, "olah-repos")}"\nmirrors-path = ["{mirrors}"]\n'
-                    f'mirror-scheme = "http"\nmirror-netloc = "127.0.0.1:{self.port}"\n'
-                    f'mirror-lfs-netloc = "127.0.0.1:{self.port}"\n\n[accessibility]\noffline = true\n')
-        with open(self.log, 'w') as log:
-            self.proc = subprocess.Popen([cli, '-c', config, '--log-path', os.path.join(self.root, 'olah-logs')],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
-        probe = f'{self.url}/{next(iter(self.repos))}/resolve/main/config.json'
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f'olah exited with {self.proc.returncode}:\n{open(self.log).read()[-3000:]}')
-            try:
-                if opener.open(urllib.request.Request(probe, method='HEAD'), timeout=2).status == 200:
-                    return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f'olah did not answer {probe} within 60 s:\n{open(self.log).read()[-3000:]}')
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
+def olah_mirror(root: str, repos: Dict[str, str]) -> HubMirror:
+    """The package's `HubMirror` (olah, offline mirror mode, 127.0.0.1) serving `{repo_id: folder}`, started."""
+    return HubMirror(repos, workdir=root, olah_cli=find_olah_cli()).start()
 
 
 def git_blob_sha1(data: bytes) -> str:

@@ -1,7 +1,9 @@
 """ Pretrained loading for real: download through a Hub mirror (olah), offline from the warm cache, and errors """
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import timm
@@ -11,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import awnet_timm.models.awnet as awnet_module
 from awnet_timm.hub import export_checkpoint
 from awnet_timm.models.pretrained import PretrainedWeightsError
-from hub_fixtures import REPO_ROOT, TINY_AWNET, TINY_STATIC, OlahMirror, free_port, make_run, point_hub_at, sha256
+from hub_fixtures import REPO_ROOT, TINY_AWNET, TINY_STATIC, find_olah_cli, free_port, make_run, olah_mirror, point_hub_at, sha256
 
 REPO = 'awnet-timm/awnet_r18.mtard_cifar10'
 
@@ -33,7 +35,7 @@ def release(tmp_path):
 @pytest.fixture
 def mirror(release, tmp_path):
     """olah, offline mirror mode, on 127.0.0.1, serving the export as the Hub repo awnet-timm/awnet_r18.mtard_cifar10."""
-    server = OlahMirror(str(tmp_path / 'olah'), {REPO: release.folder}).start()
+    server = olah_mirror(str(tmp_path / 'olah'), {REPO: release.folder})
     yield server
     server.stop()
 
@@ -81,6 +83,66 @@ def test_pretrained_downloads_through_a_hub_mirror_then_loads_offline(release, m
     with pytest.raises(PretrainedWeightsError, match=r'not a readable safetensors file .* truncated or corrupt\. '
                                                      r'It came from the Hugging Face cache: delete it'):
         timm.create_model('awnet_r18', pretrained=True)
+
+
+MIRROR_CLIENT = textwrap.dedent('''
+    import os, sys, timm, awnet_timm
+    from safetensors.torch import load_file
+    folder = sys.argv[1]
+    for name in sorted(os.listdir(folder)):
+        weights = os.path.join(folder, name, 'model.safetensors')
+        if not os.path.isfile(weights):
+            continue
+        names = ([name] if name in timm.list_pretrained() else []) + [f'hf-hub:awnet-timm/{name}']  # tag first: cache cold
+        expected = load_file(weights)
+        for n in names:
+            state = timm.create_model(n, pretrained=True).state_dict()
+            assert state.keys() == expected.keys(), n
+            assert all((v == expected[k].to(v.dtype)).all() for k, v in state.items()), n
+            print('loaded', n, flush=True)
+''')
+
+
+@pytest.fixture
+def releases_dir(release):
+    """$AWNET_RELEASES_DIR when set (real release folders, e.g. ../shared/hub), else the folder of a fresh export."""
+    return os.environ.get('AWNET_RELEASES_DIR') or os.path.dirname(release.folder)
+
+
+def test_awnet_mirror_serves_release_folders_to_pretrained_true_before_they_are_published(releases_dir, tmp_path):
+    """`awnet mirror FOLDER` + HF_ENDPOINT: each release loads by its hf-hub: name and by its tag (none is published)."""
+    assert not awnet_module.PUBLISHED_WEIGHTS  # the registry tags below load only because a mirror is named
+    env = dict(os.environ, AWNET_OLAH_CLI=find_olah_cli(), PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get('PYTHONPATH')])))
+    server = subprocess.Popen([sys.executable, '-m', 'awnet_timm.cli', 'mirror', releases_dir], env=env, cwd=str(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    try:
+        for line in server.stdout:  # the mirror prints where it serves once it answers
+            output.append(line)
+            if 'export HF_ENDPOINT=' in line:
+                break
+        url = output[-1].split('export HF_ENDPOINT=')[-1].strip()
+        assert url.startswith('http://127.0.0.1:'), ''.join(output)
+        client = dict(env, HF_ENDPOINT=url, HF_HUB_CACHE=str(tmp_path / 'cache'), HF_HOME=str(tmp_path / 'hf-home'))
+        client.pop('HF_HUB_OFFLINE', None)
+        done = subprocess.run([sys.executable, '-c', MIRROR_CLIENT, releases_dir], env=client, cwd=str(tmp_path),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        releases = [n for n in os.listdir(releases_dir) if os.path.isfile(os.path.join(releases_dir, n, 'model.safetensors'))]
+        expected = {f'hf-hub:awnet-timm/{n}' for n in releases} | {n for n in releases if n in timm.list_pretrained()}
+        assert set(done.stdout.split()[1::2]) == expected, done.stdout
+        if not os.environ.get('AWNET_RELEASES_DIR'):  # the fresh export: an unpublished registry tag, through the mirror
+            assert 'awnet_r18.mtard_cifar10' in expected
+    finally:
+        server.send_signal(signal.SIGINT)
+        rest, _ = server.communicate(timeout=30)
+    assert server.returncode == 0 and 'awnet mirror: stopped' in rest, ''.join(output) + rest
+    # the mirror gone and no HF_ENDPOINT: the same names load from the cache it filled, with HF_HUB_OFFLINE=1
+    offline = dict(client, HF_HUB_OFFLINE='1')
+    offline.pop('HF_ENDPOINT')
+    again = subprocess.run([sys.executable, '-c', MIRROR_CLIENT, releases_dir], env=offline, cwd=str(tmp_path),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and set(again.stdout.split()[1::2]) == expected, again.stderr[-3000:]
 
 
 def test_missing_download_says_what_to_do(tmp_path, monkeypatch):

@@ -1,12 +1,15 @@
-""" `awnet export` and `awnet publish`: the subcommands of the Hub release tools
+""" `awnet export`, `awnet publish` and `awnet mirror`: the subcommands of the Hub release tools
 
-`awnet_timm.cli` adds them to its parser with `add_export_parser(sub)` / `add_publish_parser(sub)`; each
+`awnet_timm.cli` adds them to its parser with `add_export_parser(sub)`, `add_publish_parser(sub)` and
+`add_mirror_parser(sub)`; each
 sets `func`, a callable taking the parsed arguments and returning the exit code. Errors (HubReleaseError is a
 ValueError) are reported by `awnet_timm.cli.main`, as for every subcommand.
 """
 import argparse
+import signal
+import time
 
-__all__ = ['add_export_parser', 'add_publish_parser', 'run_export', 'run_publish']
+__all__ = ['add_export_parser', 'add_publish_parser', 'add_mirror_parser', 'run_export', 'run_publish', 'run_mirror']
 
 _EXPORT_HELP = 'Write a Hugging Face Hub repo folder (weights, timm config.json, model card) from a training run.'
 _EXPORT_EPILOG = """\
@@ -31,6 +34,18 @@ awnet_eval.json was made on its model.safetensors (same sha256), finished, and i
 1000 images, with AutoAttack; --allow-partial-eval publishes a smaller one, with a warning).
   awnet publish hub/releases/awnet_r18.mtard_cifar10 --dry-run     # checks, lists the files, no upload
   awnet publish hub/releases/awnet_r18.mtard_cifar10 --public
+"""
+
+_MIRROR_HELP = 'Serve a folder of release folders as an offline Hugging Face Hub mirror (olah) on this machine.'
+_MIRROR_EPILOG = """\
+Each subfolder holding model.safetensors and config.json (what `awnet export` writes) is served as the Hub repo
+<org>/<subfolder>. Point huggingface_hub at it with HF_ENDPOINT (read at import: set it before Python starts), in
+another shell, while this command runs (Ctrl-C stops it):
+  awnet mirror hub/releases --port 8090
+  HF_ENDPOINT=http://127.0.0.1:8090 python3 -c "import timm, awnet_timm; timm.create_model('awnet_r18.mtard_cifar10', pretrained=True)"
+Downloads fill the normal Hugging Face cache, so later loads work with HF_HUB_OFFLINE=1 and no mirror.
+olah (0.5.4) is not a dependency of the package: install it in its own environment and name it with --olah-cli or
+AWNET_OLAH_CLI (`bash tests/setup_tools.sh` makes .venv-olah/bin/olah-cli). git must be installed.
 """
 
 
@@ -65,6 +80,31 @@ def run_publish(args: argparse.Namespace) -> int:
     if result.commit_url:
         print(f'  commit {result.commit_oid}: {result.commit_url}')
     return 0
+
+
+def run_mirror(args: argparse.Namespace) -> int:
+    from .mirror import HubMirror, release_repos
+    repos = release_repos(args.folder, args.org)
+    mirror = HubMirror(repos, host=args.host, port=args.port, olah_cli=args.olah_cli)
+
+    def terminate(signum, frame):  # `kill` stops olah too, as Ctrl-C does
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        mirror.start()
+        print(f'awnet mirror: serving {len(repos)} repo(s) from {args.folder} at {mirror.url} (Ctrl-C stops it):')
+        for repo_id, folder in repos.items():
+            print(f'  {repo_id:48s} <- {folder}')
+        print(f'  in another shell: export HF_ENDPOINT={mirror.url}', flush=True)
+        while mirror.proc.poll() is None:
+            time.sleep(0.5)
+        print(f'awnet mirror: olah exited with {mirror.proc.returncode}', flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print('awnet mirror: stopped', flush=True)
+        return 0
+    finally:
+        mirror.stop()
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
@@ -117,4 +157,17 @@ def add_publish_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument('--allow-partial-eval', action='store_true',
                    help='publish an evaluation on fewer than 1000 images or without AutoAttack (refused otherwise)')
     p.set_defaults(func=run_publish)
+    return p
+
+
+def add_mirror_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser('mirror', help=_MIRROR_HELP, description=_MIRROR_HELP, epilog=_MIRROR_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('folder', metavar='FOLDER', help='a folder of release folders (e.g. hub/releases)')
+    p.add_argument('--port', type=int, default=0, help='port to listen on (default: a free one, printed)')
+    p.add_argument('--host', default='127.0.0.1', help='address to listen on (default: %(default)s)')
+    p.add_argument('--org', default='awnet-timm', help='Hub organisation of the served repos (default: %(default)s)')
+    p.add_argument('--olah-cli', default=None, metavar='PATH',
+                   help='olah-cli to run (default: $AWNET_OLAH_CLI, .venv-olah/bin/olah-cli, or olah-cli on PATH)')
+    p.set_defaults(func=run_mirror)
     return p

@@ -36,7 +36,7 @@ from timm.models._features import feature_take_indices
 
 from ..layers import AdversarialRouter, AWStage, ConvNormAct, HPMHead, RouterOutput, check_pixel_batch, \
     check_pixel_values, input_check_mode
-from .pretrained import check_weights_fit, explain_load_errors
+from .pretrained import check_weights_fit, explain_load_errors, may_be_served
 
 __all__ = ['AWNet', 'ROUTES', 'use_route', 'PUBLISHED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES']
 
@@ -437,12 +437,13 @@ def _resolve_cfg(variant: str, kwargs: Dict[str, Any], pretrained: bool) -> Pret
     if not pretrained or cfg.source == 'hf-hub' or cfg.file or cfg.state_dict or cfg.url or not cfg.hf_hub_id:
         return cfg  # an explicit source, or no source at all (timm then says no weights exist)
     name = f'{variant}.{cfg.tag}'
-    if name not in PUBLISHED_WEIGHTS:
+    if name not in PUBLISHED_WEIGHTS and not may_be_served(cfg, kwargs.get('cache_dir')):
         raise RuntimeError(
             f"No weights for '{name}' have been published yet (planned Hub repo: {cfg.hf_hub_id}). "
             f"Use pretrained=False for a randomly initialised model, or load local weights: an export folder with "
             f"timm.create_model('local-dir:path/to/folder', pretrained=True), or a file with "
-            f"pretrained=True, pretrained_cfg_overlay=dict(file='path/to/model.safetensors').")
+            f"pretrained=True, pretrained_cfg_overlay=dict(file='path/to/model.safetensors'), or serve a folder of "
+            f"release folders with `awnet mirror FOLDER` and set HF_ENDPOINT to it before Python starts.")
     return cfg
 
 

@@ -19,7 +19,9 @@ from huggingface_hub.errors import (
 from safetensors import SafetensorError
 from timm.models import PretrainedCfg
 
-__all__ = ['PretrainedWeightsError', 'check_weights_fit', 'explain_load_errors']
+__all__ = ['PretrainedWeightsError', 'check_weights_fit', 'explain_load_errors', 'may_be_served']
+
+HUB_ENDPOINT = 'https://huggingface.co'
 
 _LOCAL_FILE_HINT = "or load a local file with pretrained=True, pretrained_cfg_overlay=dict(file='path/to/model.safetensors')"
 
@@ -108,6 +110,16 @@ def check_weights_fit(
 def _hub_location(cfg: PretrainedCfg) -> Tuple[str, Optional[str]]:
     repo, _, revision = (cfg.hf_hub_id or '').partition('@')
     return repo, revision or None
+
+
+def may_be_served(cfg: PretrainedCfg, cache_dir: Optional[str] = None) -> bool:
+    """ Whether a tag not published on the Hub may still load: HF_ENDPOINT names a mirror (which may serve
+    releases the Hub does not have, e.g. `awnet mirror`), or the Hugging Face cache already holds its weights. """
+    if hf_constants.ENDPOINT.rstrip('/') != HUB_ENDPOINT:
+        return True
+    repo, revision = _hub_location(cfg)
+    cached = try_to_load_from_cache(repo, cfg.hf_hub_filename or 'model.safetensors', cache_dir=cache_dir, revision=revision)
+    return isinstance(cached, str)
 
 
 def _weights_path(cfg: PretrainedCfg, cache_dir: Optional[str]) -> Tuple[str, bool]:
