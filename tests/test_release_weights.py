@@ -1,0 +1,84 @@
+""" scripts/release_weights.py: weights through one commit, out of the tree in the next, restored sha256-checked """
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts', 'release_weights.py')
+
+
+def _git(repo, *args):
+    return subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t.invalid', '-c', 'commit.gpgsign=false',
+                           *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _script(repo, cwd, *args):
+    env = dict(os.environ, GIT_AUTHOR_NAME='t', GIT_AUTHOR_EMAIL='t@t.invalid', GIT_COMMITTER_NAME='t',
+               GIT_COMMITTER_EMAIL='t@t.invalid')
+    return subprocess.run([sys.executable, str(repo / 'scripts' / 'release_weights.py'), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git repository with the script, the project's .gitignore rule for weights, and two export folders."""
+    root = tmp_path / 'repo'
+    (root / 'scripts').mkdir(parents=True)
+    shutil.copy(SCRIPT, root / 'scripts')
+    (root / '.gitignore').write_text('*.safetensors\n')  # the project's rule: no weights file is ever added by accident
+    for name, size in (('awnet_r18.mtard_cifar10', 3000), ('cifar_resnet18.mtard_cifar10', 2000)):
+        folder = root / 'hub' / 'releases' / name
+        folder.mkdir(parents=True)
+        (folder / 'model.safetensors').write_bytes(os.urandom(size))
+        (folder / 'config.json').write_text('{"architecture": "%s"}\n' % name.split('.')[0])
+        (folder / 'README.md').write_text(f'# {name}\n')
+    (root / 'docs').mkdir()
+    _git(root, 'init', '-q', '-b', 'main')
+    _git(root, 'add', 'scripts', '.gitignore')
+    _git(root, 'commit', '-q', '-m', 'start')
+    return root
+
+
+def test_weights_pass_through_one_commit_and_come_back(repo):
+    releases = repo / 'hub' / 'releases'
+    files = {n: (releases / n / 'model.safetensors').read_bytes() for n in os.listdir(releases)}
+    done = _script(repo, repo / 'docs', 'commit', '../hub/releases/awnet_r18.mtard_cifar10', '../hub/releases/cifar_resnet18.mtard_cifar10')
+    assert done.returncode == 0, done.stderr
+    held = _git(repo, 'rev-parse', 'HEAD~1')
+    assert _git(repo, 'ls-tree', '-r', '--name-only', 'HEAD~1', 'hub').count('model.safetensors') == 2
+    head = _git(repo, 'ls-tree', '-r', '--name-only', 'HEAD').split()
+    assert not [f for f in head if f.endswith('.safetensors')]  # nothing of the weights at HEAD
+    assert 'hub/releases/awnet_r18.mtard_cifar10/config.json' in head and 'hub/releases/README.md' in head
+    assert not (releases / 'awnet_r18.mtard_cifar10' / 'model.safetensors').exists() and not _git(repo, 'status', '--porcelain')
+    listing = (releases / 'README.md').read_text()
+    for name, data in files.items():
+        assert f"| `hub/releases/{name}/model.safetensors` | {len(data):,} | `{hashlib.sha256(data).hexdigest()}` | `{held}` |" in listing
+
+    done = _script(repo, repo / 'docs', 'restore', '../hub/releases/cifar_resnet18.mtard_cifar10')  # one folder
+    assert done.returncode == 0 and done.stdout.count('restored') == 1, done.stderr
+    assert not (releases / 'awnet_r18.mtard_cifar10' / 'model.safetensors').exists()
+    assert _script(repo, repo, 'restore').returncode == 0  # then all
+    assert {n: (releases / n / 'model.safetensors').read_bytes() for n in files} == files
+    assert not _git(repo, 'status', '--porcelain')  # ignored again: a device call does not carry them
+
+
+def test_refusals_say_what_was_expected(repo):
+    (repo / 'notes.txt').write_text('x')
+    _git(repo, 'add', 'notes.txt')
+    done = _script(repo, repo, 'commit', 'hub/releases/awnet_r18.mtard_cifar10')
+    assert done.returncode == 2 and 'staged changes' in done.stderr
+    _git(repo, 'reset', '-q')
+    done = _script(repo, repo, 'commit', 'docs')
+    assert done.returncode == 2 and 'is not a release folder under hub/releases/' in done.stderr
+    done = _script(repo, repo, 'restore')
+    assert done.returncode == 2 and 'lists no weights' in done.stderr
+    assert _script(repo, repo, 'commit', 'hub/releases/awnet_r18.mtard_cifar10').returncode == 0
+    listing = repo / 'hub' / 'releases' / 'README.md'
+    text = listing.read_text()
+    sha = text.split('| `')[2].split('`')[0]
+    listing.write_text(text.replace(sha, '0' * 64))
+    done = _script(repo, repo, 'restore')
+    assert done.returncode == 2 and 'does not have the listed sha256' in done.stderr
