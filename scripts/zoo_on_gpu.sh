@@ -5,8 +5,8 @@
 #   bash scripts/zoo_on_gpu.sh [BUDGET_MINUTES]          (default 6.5: the real plan's budget)
 #
 # Environment: PLAN (cifar10), DEVICE (cuda; cpu runs the same steps here), DATA_DIR (.data/cifar10, filled by
-# scripts/prepare_gpu_carry.sh), ZOO_DIR (/tmp/zoo: outside the repository, so a warm machine keeps it between
-# calls), PARTS_DIR (trip 1 of the packed results: $OUT on the device machine), PYTHON (python3), SMOKE_MINUTES (4),
+# scripts/prepare_gpu_carry.sh), ZOO_DIR (output/gpu-zoo: git-ignored, so a warm machine keeps it between
+# calls and no call carries it), PARTS_DIR (trip 1 of the packed results: $OUT on the device machine), PYTHON (python3), SMOKE_MINUTES (4),
 # INCLUDE (optional stages of the real plan, space-separated, e.g. student_arat; none by default: the window is for AW-Net),
 # CALL_SECONDS (530: the whole script ends by then, packed; the budget shrinks to fit).
 # Exit: 0 all done; 1 the smoke plan failed (its records are packed to PARTS_DIR); 2 the real plan had a failed
@@ -18,13 +18,13 @@ BUDGET=${1:-6.5}
 PLAN=${PLAN:-cifar10}
 DEVICE=${DEVICE:-cuda}
 DATA_DIR=${DATA_DIR:-$REPO/.data/cifar10}
-ZOO_DIR=${ZOO_DIR:-/tmp/zoo}
+ZOO_DIR=${ZOO_DIR:-$REPO/output/gpu-zoo}
 PARTS_DIR=${PARTS_DIR:-${OUT:-$ZOO_DIR-parts}}
 PY=${PYTHON:-python3}
 SMOKE_MINUTES=${SMOKE_MINUTES:-4}
 INCLUDE=${INCLUDE:-}
 CALL_SECONDS=${CALL_SECONDS:-530}
-SITE=${SITE:-/tmp/awnet-site}
+SITE=${SITE:-$REPO/output/gpu-site}  # the offline install, git-ignored like ZOO_DIR
 T0=$(date +%s)
 say() { echo "[zoo_on_gpu +$(( $(date +%s) - T0 ))s] $*"; }
 awnet() { "$PY" -m awnet_timm.cli "$@"; }
