@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_function
 from torch.fx import _symbolic_trace
 
 # torch >= 2.10 warns on is_fx_tracing (it is also true under torch.export); the symbolic-tracing test is what we mean
 is_fx_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', _symbolic_trace.is_fx_tracing)
-from timm.layers import register_notrace_function
 
 __all__ = ['INPUT_CHECKS', 'check_pixel_batch', 'check_pixel_values', 'input_check_mode']
 
