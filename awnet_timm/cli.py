@@ -22,7 +22,7 @@ from .utils import eps_string, number_arg
 __all__ = ['main', 'build_parser', 'FINETUNE_DEFAULTS']
 
 # `awnet finetune`: a short adversarial fine-tune of given weights on an ImageFolder dataset
-FINETUNE_DEFAULTS = dict(recipe='pgd_at', dataset='imagefolder', val_split='val', epochs=20, lr=0.01, router_lr=0.001,
+FINETUNE_DEFAULTS = dict(recipe='pgd_at', dataset='imagefolder', epochs=20, lr=0.01, router_lr=0.001,
                          decay_milestones=(15, 18))
 
 
@@ -107,19 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(command: str, args: argparse.Namespace) -> TrainConfig:
     """Defaults (the command's), then --config or the resumed run's config, then the options given."""
     given = {k: v for k, v in vars(args).items() if k not in ('command', 'config')}
-    base = TrainConfig(**FINETUNE_DEFAULTS) if command == 'finetune' else TrainConfig()
+    if 'decay_milestones' in given:
+        given['decay_milestones'] = tuple(given['decay_milestones'])
+    defaults = FINETUNE_DEFAULTS if command == 'finetune' else {}
+    base = None
     if args.config:
         with open(args.config) as f:
             base = TrainConfig.from_dict(json.load(f))
     elif given.get('resume') and given['resume'] != 'auto':
         run = given['resume']
         base = load_run_config(run.rsplit('/', 1)[0] if run.endswith('.safetensors') else run)
-    if 'decay_milestones' in given:
-        given['decay_milestones'] = tuple(given['decay_milestones'])
-    if command == 'finetune' and base.val_split == 'val' and given.get('dataset', base.dataset) != 'imagefolder' \
-            and 'val_split' not in given:
-        given['val_split'] = 'test'  # 'val' is the ImageFolder default; the other datasets hold out their test split
-    cfg = dataclasses.replace(base, **given)
+    # a fresh config is built in one go, so that defaults depending on other fields (val_split) see the given dataset
+    cfg = TrainConfig(**{**defaults, **given}) if base is None else dataclasses.replace(base, **given)
     if command == 'finetune' and not cfg.pretrained:
         raise ConfigError('awnet finetune needs --pretrained: a .safetensors file, a run directory, a name.tag or hf-hub:org/repo')
     return cfg

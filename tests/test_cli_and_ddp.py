@@ -40,12 +40,14 @@ def test_finetune_needs_weights_and_bad_options_fail_clearly(capsys, tmp_path):
     assert "expected a number such as 0.03 or 8/255" in capsys.readouterr().err
 
 
-def test_finetune_holds_out_the_val_split_of_an_imagefolder_and_the_test_split_of_other_datasets():
-    def val_split(*more):
-        args = build_parser().parse_args(['finetune', '--pretrained', 'w.safetensors', '--data-dir', 'd', *more])
-        return config_from_args('finetune', args).val_split
-    assert val_split() == 'val' and val_split('--dataset', 'cifar10-offline') == 'test'
-    assert val_split('--dataset', 'cifar10-offline', '--val-split', 'holdout') == 'holdout'
+def test_runs_hold_out_the_val_split_of_an_imagefolder_and_the_test_split_of_other_datasets():
+    def val_split(command, *more):
+        args = build_parser().parse_args([command, '--pretrained', 'w.safetensors', '--data-dir', 'd', *more])
+        return config_from_args(command, args).val_split
+    assert val_split('finetune') == 'val' and val_split('finetune', '--dataset', 'cifar10-offline') == 'test'
+    assert val_split('train') == 'test' and val_split('train', '--dataset', 'imagefolder') == 'val'
+    assert val_split('finetune', '--dataset', 'cifar10-offline', '--val-split', 'holdout') == 'holdout'
+    assert TrainConfig(dataset='imagefolder').val_split == 'val' and TrainConfig().val_split == 'test'
 
 
 def _tiny_train_args(digits, out, *more):

@@ -21,9 +21,15 @@ from PIL import Image
 
 from .offline_cifar10 import OFFLINE_CIFAR10_FILES, load_offline_cifar10
 
-__all__ = ['ImageTensors', 'DATASETS', 'DatasetError', 'load_dataset']
+__all__ = ['ImageTensors', 'DATASETS', 'DatasetError', 'load_dataset', 'held_out_split']
 
 DATASETS = ('cifar10', 'cifar100', 'cifar10-offline', 'imagefolder')
+
+
+def held_out_split(dataset: str) -> str:
+    """The split a run evaluates on after each epoch by default: an ImageFolder's 'val', the others' 'test'."""
+    return 'val' if dataset == 'imagefolder' else 'test'
+
 
 _PIL_MODES = {1: 'L', 3: 'RGB'}  # ImageFolder decoding by channel count
 _CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import timm
 
-from ..data import DATASETS
+from ..data import DATASETS, held_out_split
 
 __all__ = ['TrainConfig', 'RECIPES', 'ConfigError']
 
@@ -63,7 +63,8 @@ class TrainConfig:
     data_dir: str = _f('', 'dataset root (for imagefolder: the folder holding train/ and val/)')
     download: bool = _f(False, 'let torchvision download CIFAR into --data-dir')
     train_split: str = _f('train', 'split to train on')
-    val_split: str = _f('test', "split of the held-out set ('holdout': the last --val-size training images, kept out of training)")
+    val_split: str = _f('', "split of the held-out set ('holdout': the last --val-size training images, kept out of "
+                            "training) (default: the dataset's, 'val' for imagefolder and 'test' for the others)")
     val_size: int = _f(1000, 'images in the held-out set (0: no per-epoch evaluation)')
     train_size: Optional[int] = _f(None, 'train on the first N images only (default: all)')
     img_size: Optional[int] = _f(None, 'resize images to this size (default: as stored)')
@@ -128,6 +129,10 @@ class TrainConfig:
     val_attack_steps: int = _f(10, 'PGD steps of the per-epoch robust evaluation (step --attack-step, CE)')
     log_interval: int = _f(50, 'steps between log lines')
     progress: bool = _f(True, 'tqdm progress bars')
+
+    def __post_init__(self):
+        if not self.val_split:  # the dataset's held-out split, fixed at construction (saved configs name it)
+            self.val_split = held_out_split(self.dataset)
 
     def validate(self) -> 'TrainConfig':
         """Raise ConfigError on a value that cannot work, saying what was expected."""

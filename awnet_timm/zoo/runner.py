@@ -150,7 +150,6 @@ def stage_config(plan: Plan, stage: TrainStage, data_dir: str, output: str, devi
     unless the plan gives one; `lr_batch` scales lr and router_lr linearly to the stage's batch size.
     """
     values = dict(plan.train, **stage.config)
-    values.setdefault('val_split', 'val' if plan.dataset == 'imagefolder' else 'test')
     values.update(dataset=plan.dataset, data_dir=data_dir, output=output, run_name=stage.name, device=device,
                   progress=progress)
     for key in ('teacher_nat', 'teacher_adv'):
