@@ -8,7 +8,7 @@ from typing import Any, Callable, Type
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_write_text', 'sha256_file', 'eps_string', 'number_arg', 'resolve_device', 'DeviceError',
+__all__ = ['atomic_write', 'atomic_write_text', 'read_json', 'sha256_file', 'eps_string', 'number_arg', 'resolve_device', 'DeviceError',
            'check_output_path', 'usual_mode']
 
 
