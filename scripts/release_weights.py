@@ -72,8 +72,26 @@ def write_list(rows: Dict[str, Dict[str, str]]) -> None:
     os.replace(tmp, LIST)
 
 
+def check_identity() -> None:
+    """Refuse before staging anything when git has no author or committer identity (`git commit` would fail)."""
+    for who in ('AUTHOR', 'COMMITTER'):
+        if subprocess.run(['git', 'var', f'GIT_{who}_IDENT'], capture_output=True).returncode != 0:
+            raise ReleaseError(f'git has no {who.lower()} identity, so it cannot commit: set one with '
+                               f'`git config user.name "Your Name"` and `git config user.email you@example.com` '
+                               f'(add --global for every repository), then run this again; nothing was staged')
+
+
+def reset_index() -> None:
+    """The index back to HEAD: what it was, since commit() starts only from an index without staged changes."""
+    if subprocess.run(['git', 'rev-parse', '-q', '--verify', 'HEAD'], capture_output=True).returncode == 0:
+        git('reset', '-q')
+    else:
+        git('read-tree', '--empty')  # no commit yet: an empty index
+
+
 def commit(folders: Sequence[str]) -> str:
     """The weights commit, then the commit that takes them out and lists them; returns the weights commit."""
+    check_identity()
     if git('diff', '--cached', '--name-only'):
         raise ReleaseError('the index already holds staged changes: commit or unstage them first, so that the weights '
                            'commit holds the release folders only')
@@ -87,20 +105,28 @@ def commit(folders: Sequence[str]) -> str:
         if not files or not os.path.isfile(os.path.join(folder, 'config.json')):
             raise ReleaseError(f"'{folder}' holds no model.safetensors and config.json: export it first")
         weights += files
-    git('add', '--', *[os.path.relpath(f) for f in folders])
-    git('add', '-f', '--', *weights)  # whatever .gitignore says of weights elsewhere
     names = ', '.join(os.path.basename(os.path.normpath(f)) for f in folders)
-    git('commit', '-q', '-m', f'Release weights: {names} (removed from the tree in the next commit)')
+    try:
+        git('add', '--', *[os.path.relpath(f) for f in folders])
+        git('add', '-f', '--', *weights)  # whatever .gitignore says of weights elsewhere
+        git('commit', '-q', '-m', f'Release weights: {names} (removed from the tree in the next commit)')
+    except ReleaseError as e:  # e.g. a pre-commit hook: nothing is left staged, so running this again works
+        reset_index()
+        raise ReleaseError(f'{e} (the index is as it was; fix that and run this again)') from None
     held = git('rev-parse', 'HEAD')
     rows = read_list()
     for path in weights:
         rows[path.replace(os.sep, '/')] = {'size': f'{os.path.getsize(path):,}', 'sha': sha256(path), 'commit': held}
     git('rm', '-q', '--cached', '--', *weights)
-    for path in weights:
-        os.remove(path)
     write_list(rows)
     git('add', '--', LIST)
-    git('commit', '-q', '-m', f'Weights of {names} out of the tree: kept in {held[:12]}, listed in {LIST}')
+    try:
+        git('commit', '-q', '-m', f'Weights of {names} out of the tree: kept in {held[:12]}, listed in {LIST}')
+    except ReleaseError as e:
+        raise ReleaseError(f'{e}. The weights are committed in {held}; the index holds their removal and {LIST}: '
+                           f'finish with `git commit`, then delete the weights files') from None
+    for path in weights:  # only now: a failed second commit leaves them on disk
+        os.remove(path)
     return held
 
 

@@ -24,6 +24,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def pytest_addoption(parser):
     parser.addoption('--cifar10-root', default=os.environ.get('AWNET_CIFAR10_ROOT', os.path.join(REPO, '..', 'shared', 'data', 'cifar10')),
                      help='directory of the offline CIFAR-10 copy (tests that need it skip when it is absent)')
+    parser.addoption('--outcome-seeds', type=int, default=1,
+                     help='run every test of a training outcome (a test taking the outcome_seed fixture) with seeds '
+                          '0..N-1; the thresholds in those tests hold over at least 5 seeds (default 1: seed 0 only)')
+
+
+def pytest_generate_tests(metafunc):
+    if 'outcome_seed' in metafunc.fixturenames:
+        metafunc.parametrize('outcome_seed', range(metafunc.config.getoption('--outcome-seeds')), scope='session',
+                             ids=lambda s: f'seed{s}')
 
 
 @pytest.fixture

@@ -44,8 +44,8 @@ def _data(n, seed):
 
 
 @pytest.fixture(scope='module')
-def trained_model():
-    torch.manual_seed(0)
+def trained_model(outcome_seed):
+    torch.manual_seed(outcome_seed)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 4))
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     x, y = _data(512, seed=0)

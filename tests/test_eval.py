@@ -1,6 +1,7 @@
 """ The evaluation harness: attacks on a trained AW-Net, worst case, router statistics, sanity flags, reports. """
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -22,10 +23,11 @@ from test_attacks import WindowModel
 
 
 @pytest.fixture(scope='session')
-def trained_awnet(digits, tmp_path_factory):
+def trained_awnet(digits, tmp_path_factory, outcome_seed):
     """A small AW-Net trained with PGD-AT on the digits (both BN branches and the router)."""
     cfg = tiny_config(digits, tmp_path_factory.mktemp('awnet'), recipe='pgd_at', train_size=960, val_size=0, epochs=4,
-                      lr=0.1, router_lr=0.02, attack_steps=2, attack_step=4 / 255, decay_milestones=(4,))
+                      lr=0.1, router_lr=0.02, attack_steps=2, attack_step=4 / 255, decay_milestones=(4,),
+                      seed=outcome_seed)
     result = train(cfg)
     return result.model.eval(), result.run_dir
 
@@ -45,7 +47,9 @@ def test_every_attack_lowers_accuracy_and_the_worst_case_is_below_each(trained_a
     assert {s.name for s in specs} == {'fgsm', 'pgd_sat', 'pgd_trades', 'cw_inf', 'forced_clean', 'forced_adv',
                                        'router_detach', 'two_phase', 'signal_match', 'joint_adaptive'}
     result = evaluate_robustness(model, x, y, specs, batch_size=32, sanity=False, progress=False)
-    assert result['clean_acc'] > 0.45  # 10 classes: chance is 0.1
+    print(f"trained_awnet clean accuracy: {result['clean_acc']:.3f}, worst case {result['worst_case']['robust_acc']:.3f}")
+    # seeds 0-4 (--outcome-seeds 5), torch 2.14.1, CPU: clean 0.359 to 0.766, worst case 0.172 to 0.422
+    assert result['clean_acc'] > 0.25  # 10 classes: chance is 0.1
     worst = result['worst_case']['robust_acc']
     for a in result['attacks']:
         assert a['robust_acc'] < result['clean_acc'], a['name']
@@ -369,3 +373,72 @@ def test_help_texts_give_each_default_once(capsys):
         text = ' '.join(capsys.readouterr().out.split())
         for option in text.split(' --')[1:]:
             assert option.count('(default') <= 1, (command, option)
+
+
+def test_suite_arguments_are_checked_without_a_model_with_one_line_errors():
+    import timm
+    from awnet_timm.eval import validate_suite_args
+    assert validate_suite_args(['paper', 'fgsm', 'square'], batch_size=1, router_steps=1) == \
+        ['fgsm', 'pgd_sat', 'pgd_trades', 'cw_inf', 'autoattack', 'square']
+    cases = [
+        (dict(names=['pgd_sta']), "unknown attack 'pgd_sta': expected groups paper, router, blackbox, transfer or attacks fgsm,"),
+        (dict(names=[]), 'no attacks named: expected groups paper'),
+        (dict(names='paper'), "attacks must be a list of attack or group names, got 'paper'"),
+        (dict(names=['fgsm'], batch_size=0), 'batch_size must be an integer >= 1, got 0'),
+        (dict(names=['fgsm'], batch_size=2.5), 'batch_size must be an integer >= 1, got 2.5'),
+        (dict(names=['fgsm'], router_steps=0), 'router_steps must be an integer >= 1, got 0'),
+        (dict(names=['fgsm'], square_queries=-1), 'square_queries must be an integer >= 1, got -1'),
+        (dict(names=['fgsm'], eps=8), 'eps must be in (0, 1]'),
+        (dict(names=['fgsm'], cw_step=0.0), 'cw_step must be a step size > 0'),
+        (dict(names=['fgsm'], aa_version='rand'), "aa_version must be one of standard, plus, got 'rand'"),
+    ]
+    model = timm.create_model('cifar_resnet18', **TINY)
+    for kwargs, message in cases:
+        with pytest.raises(ValueError) as e:
+            validate_suite_args(**kwargs)
+        assert message in str(e.value) and '\n' not in str(e.value), (kwargs, str(e.value))
+        names = kwargs.pop('names')
+        with pytest.raises(ValueError, match=re.escape(message)):  # build_suite checks the same, before building anything
+            build_suite(model, names, **kwargs)
+
+
+def test_attacks_of_one_name_are_refused_before_any_attack():
+    import timm
+    model = timm.create_model('cifar_resnet18', **TINY).eval()
+    x, y = torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)
+    specs = build_suite(model, ['fgsm']) * 2
+    with pytest.raises(EvaluationError, match='attack names must be unique, got fgsm more than once'):
+        evaluate_robustness(model, x, y, specs, sanity=False, progress=False)
+    with pytest.raises(EvaluationError, match='sanity_n must be at least 1'):
+        evaluate_robustness(model, x, y, specs[:1], sanity_n=0, progress=False)
+
+
+def test_awnet_eval_refuses_bad_attack_arguments_before_loading_anything(tmp_path, capsys):
+    base = ['eval', '--model', 'cifar_resnet18', '--data-dir', str(tmp_path / 'no-data'), '--n', '4', '--no-progress',
+            '--out', str(tmp_path / 'a.json')]
+    cases = [
+        (['--attacks', 'fgsm', 'pgd20'], "unknown attack 'pgd20': expected groups paper, router, blackbox, transfer"),
+        (['--attacks', 'fgsm', '--router-steps', '0'], 'router_steps must be an integer >= 1, got 0'),
+        (['--attacks', 'fgsm', '--aa-batch-size', '0'], 'batch_size must be an integer >= 1, got 0'),
+        (['--attacks', 'fgsm', '--square-queries', '0'], 'square_queries must be an integer >= 1, got 0'),
+        (['--attacks', 'fgsm', '--batch-size', '0'], '--batch-size must be at least 1, got 0'),
+        (['--attacks', 'fgsm', '--sanity-n', '0'], '--sanity-n must be at least 1, got 0'),
+    ]
+    for extra, message in cases:  # the data directory does not exist: the refusal comes first
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count('\n') == 1 and 'Traceback' not in err, (extra, err)
+
+
+def test_a_record_of_a_local_dir_export_carries_its_sha256_and_goes_into_the_export(cifar10_root, tmp_path):
+    from awnet_timm.hub import export_checkpoint
+    from hub_fixtures import TINY_STATIC, make_run, sha256
+    run = make_run(str(tmp_path / 'runs' / 'static'), model='cifar_resnet18', model_kwargs=TINY_STATIC)
+    folder = export_checkpoint(run, str(tmp_path / 'export')).folder
+    out = tmp_path / 'eval.json'
+    assert main(['eval', '--model', f'local-dir:{folder}', '--data-dir', cifar10_root, '--n', '4', '--attacks', 'fgsm',
+                 '--no-sanity', '--no-progress', '--out', str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record['checkpoint_sha256'] == sha256(os.path.join(folder, 'model.safetensors'))
+    result = export_checkpoint(run, folder, eval_record=str(out), overwrite=True)  # `awnet export --eval`
+    assert result.evaluated and json.loads(open(os.path.join(folder, 'awnet_eval.json')).read())['checkpoint_sha256'] == result.sha256

@@ -200,3 +200,60 @@ def test_card_says_how_many_images_picked_the_best_epoch(tiny_run, tmp_path):
             f.write(json.dumps({'epoch': epoch, 'val_images': 9 if epoch == 87 else 5}) + '\n')
     card = open(os.path.join(export_checkpoint(str(run), str(tmp_path / 'b')).folder, 'README.md')).read()
     assert 'on the first 9 images of the test split' in card and '1000 images' not in card
+
+
+def test_hpm_export_defaults_to_a_tag_that_names_the_hpm_head(tiny_run, tmp_path):
+    hpm = make_run(str(tmp_path / 'hpm-run'), model_kwargs=TINY_AWNET, recipe='pgd_at', head='hpm', pretrained=tiny_run)
+    result = export_checkpoint(hpm, releases_dir=str(tmp_path / 'releases'))
+    assert (result.tag, result.repo_id) == ('pgd_at_hpm_cifar10', 'awnet-timm/awnet_r18.pgd_at_hpm_cifar10')
+    assert os.path.basename(result.folder) == 'awnet_r18.pgd_at_hpm_cifar10'
+    config = json.load(open(os.path.join(result.folder, 'config.json')))
+    assert config['pretrained_cfg']['tag'] == 'pgd_at_hpm_cifar10' and config['model_args']['head'] == 'hpm'
+    plain = make_run(str(tmp_path / 'fc-run'), model_kwargs=TINY_AWNET, recipe='pgd_at')
+    assert export_checkpoint(plain, releases_dir=str(tmp_path / 'releases')).tag == 'pgd_at_cifar10'
+
+
+def test_export_targets_that_are_files_are_one_line_errors(tiny_run, tmp_path, capsys):
+    a_file = tmp_path / 'a-file'
+    a_file.write_text('not a folder')
+    for args in (['--out', str(a_file)], ['--out', str(a_file), '--overwrite'], ['--out', str(a_file / 'sub')],
+                 ['--releases-dir', str(a_file)]):
+        assert awnet(['export', tiny_run, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith('awnet export: error:') and len(err.strip().splitlines()) == 1, err
+        assert f"'{a_file}' is a file" in err, err
+    assert a_file.read_text() == 'not a folder' and sorted(os.listdir(tmp_path)) == ['a-file']  # no temporary folder
+    assert awnet(['export', tiny_run, '--out', str(tmp_path / 'x'), '--eval', str(tmp_path)]) == 2
+    assert f"evaluation record '{tmp_path}' is a folder" in capsys.readouterr().err
+    assert awnet(['export', tiny_run, '--out', str(tmp_path / 'x'), '--repo-id', 'my org/awnet']) == 2
+    assert "error: invalid repo id 'my org/awnet'" in capsys.readouterr().err
+    assert not (tmp_path / 'x').exists()
+
+
+def test_export_of_a_record_made_from_local_dir(tiny_run, tmp_path, capsys):
+    """`awnet eval --model local-dir:FOLDER` records the folder as the model; without a sha256 it is refused clearly."""
+    folder = export_checkpoint(tiny_run, str(tmp_path / 'my-export')).folder  # a folder not named <arch>.<tag>
+    weights = os.path.join(folder, 'model.safetensors')
+    path, _ = eval_record(weights, str(tmp_path / 'null.json'), model=f'local-dir:{folder}',
+                          checkpoint=f'local-dir:{folder}', checkpoint_sha256=None)
+    assert awnet(['export', tiny_run, '--out', folder, '--eval', path, '--overwrite']) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and 'checkpoint_sha256 is null' in err, err
+    assert '`awnet eval --model awnet_r18 --checkpoint <export folder>/model.safetensors' in err
+
+    path, record = eval_record(weights, str(tmp_path / 'local-dir.json'), model=f'local-dir:{folder}',
+                               checkpoint=f'local-dir:{folder}')
+    record['model_info'].update(name=f'local-dir:{folder}', architecture=f'local-dir:{folder}')
+    json.dump(record, open(path, 'w'))
+    assert awnet(['export', tiny_run, '--out', folder, '--eval', path, '--overwrite']) == 0
+    shipped = json.load(open(os.path.join(folder, 'awnet_eval.json')))
+    assert (shipped['model'], shipped['checkpoint'], shipped['checkpoint_sha256']) == \
+        ('awnet_r18', 'model.safetensors', sha256(weights))
+    assert shipped['model_info']['name'] == shipped['model_info']['architecture'] == 'awnet_r18'
+    assert str(tmp_path) not in open(os.path.join(folder, 'README.md')).read()  # no local path in the card
+    # a local-dir record of another architecture is still refused (its folder's config.json says which)
+    static = export_checkpoint(make_run(str(tmp_path / 'static-run'), model='cifar_resnet18', model_kwargs=TINY_STATIC),
+                               str(tmp_path / 'static')).folder
+    other, _ = eval_record(weights, str(tmp_path / 'other.json'), model=f'local-dir:{static}')
+    with pytest.raises(HubReleaseError, match=f"record is of model 'local-dir:{static}', the export is 'awnet_r18'"):
+        export_checkpoint(tiny_run, folder, eval_record=other, overwrite=True)

@@ -1,6 +1,8 @@
 """ Pretrained loading for real: download through a Hub mirror (olah), offline from the warm cache, and errors """
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import awnet_timm.models.awnet as awnet_module
-from awnet_timm.hub import export_checkpoint
+from awnet_timm.hub import HubMirror, HubReleaseError, export_checkpoint, release_repos
 from awnet_timm.models.pretrained import PretrainedWeightsError
 from hub_fixtures import REPO_ROOT, TINY_AWNET, TINY_STATIC, find_olah_cli, free_port, make_run, olah_mirror, point_hub_at, sha256
 
@@ -219,3 +221,67 @@ def test_weights_of_another_class_count_say_what_to_do(tmp_path):
                                  **TINY_AWNET)
     assert new_head.head.out_features == 5
     assert torch.equal(new_head.stem.conv.weight, source.stem.conv.weight)
+
+
+@pytest.fixture
+def fake_olah(tmp_path):
+    """An olah-cli stand-in that records being run and fails as olah does when another server holds its port."""
+    marker = tmp_path / 'olah-was-run'
+    cli = tmp_path / 'fake-olah-cli'
+    cli.write_text(f'#!/bin/sh\ntouch {marker}\necho "ERROR:    [Errno 98] error while attempting to bind on address: '
+                   f'address already in use"\nexit 3\n')
+    cli.chmod(0o755)
+    return str(cli), marker
+
+
+@pytest.fixture
+def tiny_releases(tmp_path):
+    run = make_run(str(tmp_path / 'run'), model_kwargs=TINY_AWNET)
+    return os.path.dirname(export_checkpoint(run, str(tmp_path / 'releases' / 'awnet_r18.mtard_cifar10')).folder)
+
+
+def _mirror_error(capsys, args) -> str:
+    from awnet_timm.cli import main as awnet
+    assert awnet(['mirror', *args]) == 2, args
+    err = capsys.readouterr().err
+    assert err.startswith('awnet mirror: error: ') and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_mirror_with_a_missing_olah_cli_does_not_fall_back(tiny_releases, fake_olah, capsys, monkeypatch):
+    cli, marker = fake_olah
+    monkeypatch.setenv('AWNET_OLAH_CLI', cli)  # a working olah-cli elsewhere must not stand in for the one named
+    assert "--olah-cli '/nope/olah' is not an executable file" in \
+        _mirror_error(capsys, [tiny_releases, '--olah-cli', '/nope/olah'])
+    assert not marker.exists()
+
+
+def test_mirror_refuses_bad_and_taken_ports_before_starting_olah(tiny_releases, fake_olah, capsys, tmp_path):
+    cli, marker = fake_olah
+    for port in ('70000', '-1'):
+        assert f'port {port} is not a TCP port (0-65535' in _mirror_error(capsys, [tiny_releases, '--port', port, '--olah-cli', cli])
+    with socket.socket() as taken:  # what a running `awnet mirror` holds
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = _mirror_error(capsys, [tiny_releases, '--port', str(port), '--olah-cli', cli])
+    assert f'port {port} on 127.0.0.1 is taken (by another `awnet mirror`' in err and '--port' in err
+    assert "cannot listen on nope.invalid:0" in _mirror_error(capsys, [tiny_releases, '--host', 'nope.invalid', '--olah-cli', cli])
+    assert not marker.exists()
+    # taken between the check and olah's start: olah's own failure is told the same way
+    mirror = HubMirror(release_repos(tiny_releases), workdir=str(tmp_path / 'work'), olah_cli=cli)
+    with pytest.raises(HubReleaseError, match=f'^port {mirror.port} on 127.0.0.1 is taken'):
+        mirror.start()
+    assert marker.exists()
+
+
+def test_mirror_refuses_bad_folders_and_repo_ids(tiny_releases, fake_olah, capsys, tmp_path):
+    cli, marker = fake_olah
+    release = os.path.join(tiny_releases, 'awnet_r18.mtard_cifar10')
+    err = _mirror_error(capsys, [release, '--olah-cli', cli])
+    assert 'holds no release folder' in err and f"it is itself a release folder: give its parent, '{tiny_releases}'" in err
+    assert 'is not a folder' in _mirror_error(capsys, [str(tmp_path / 'nowhere'), '--olah-cli', cli])
+    assert "invalid repo id (--org and the name of" in _mirror_error(capsys, [tiny_releases, '--org', 'my org', '--olah-cli', cli])
+    shutil.copytree(release, os.path.join(tiny_releases, 'a release'))  # a folder name no Hub repo can have
+    assert "'awnet-timm/a release'" in _mirror_error(capsys, [tiny_releases, '--olah-cli', cli])
+    assert not marker.exists()

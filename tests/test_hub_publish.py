@@ -1,6 +1,7 @@
 """ `awnet publish`: create the repo and commit through huggingface_hub, against an endpoint speaking the Hub's API """
 import json
 import os
+import shutil
 
 import pytest
 import timm
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 
 from awnet_timm.cli import main as awnet
 from awnet_timm.hub import export_checkpoint
-from hub_fixtures import TINY_AWNET, HubUploadServer, eval_record, make_run, point_hub_at, sha256
+from hub_fixtures import TINY_AWNET, HubUploadServer, eval_record, free_port, make_run, point_hub_at, sha256
 
 TOKEN = 'hf_awnet_test_token'
 REPO = 'awnet-test/awnet_r18.mtard_cifar10'
@@ -154,3 +155,23 @@ def test_partial_or_unfinished_evaluations_need_a_flag(release, tmp_path, capsys
     (folder / 'awnet_eval.json').write_text(json.dumps(dict(record, complete=False)))
     assert awnet(['publish', str(folder), '--dry-run', '--allow-partial-eval']) == 2
     assert 'was saved while `awnet eval` was still running' in capsys.readouterr().err
+
+
+def test_publish_bad_endpoints_and_configs_are_one_line_errors(release, tmp_path, capsys, monkeypatch, no_stored_token):
+    point_hub_at(monkeypatch, None, str(tmp_path / 'cache'), offline=False)
+    monkeypatch.setenv('HF_TOKEN', TOKEN)
+    assert awnet(['publish', release, '--endpoint', 'huggingface.co', '--dry-run']) == 2
+    assert "endpoint 'huggingface.co' is not an http:// or https:// URL" in capsys.readouterr().err
+    closed = f'http://127.0.0.1:{free_port()}'  # nothing listens there
+    assert awnet(['publish', release, '--endpoint', closed]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"awnet publish: error: {closed} did not answer while creating the repo") and \
+        len(err.strip().splitlines()) == 1, err
+    folder = tmp_path / 'copy'
+    shutil.copytree(release, folder)
+    config = json.load(open(folder / 'config.json'))
+    config['model_args']['no_such_argument'] = 1  # a hand-edited config.json
+    json.dump(config, open(folder / 'config.json', 'w'))
+    assert awnet(['publish', str(folder), '--dry-run']) == 2
+    err = capsys.readouterr().err
+    assert "does not load with timm.create_model('local-dir:...'" in err and 'no_such_argument' in err

@@ -1,9 +1,12 @@
 """The models' input contract (pixels in [0, 1], checked without a sync per call) and BN statistics under checkpointing."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from awnet_timm import AWNet
+from awnet_timm.layers import PixelRangeWarning
 from awnet_timm.models.wide_resnet import WideResNet
 
 
@@ -18,35 +21,67 @@ def _tiny_wrn(**kwargs) -> WideResNet:
 MODELS = [_tiny_awnet, _tiny_wrn]
 
 
-@pytest.mark.parametrize('make', MODELS)
-@pytest.mark.parametrize('bad, message', [
+BAD_BATCHES = [
     (torch.rand(2, 3, 8, 8) * 255, 'not 0-255'),
     ((torch.rand(2, 3, 8, 8) - 0.45) / 0.25, 'do not apply mean/std normalization'),
     (torch.full((2, 3, 8, 8), float('nan')), 'NaN or inf'),
     (torch.tensor(float('inf')).expand(2, 3, 8, 8), 'NaN or inf'),
-])
-def test_out_of_range_pixels_are_refused_on_the_first_call(make, bad, message):
-    model = make().eval()
-    with pytest.raises(ValueError, match=message):
-        model(bad)
-    assert model(torch.rand(2, 3, 8, 8)).shape == (2, 10)
+]
 
 
 @pytest.mark.parametrize('make', MODELS)
-def test_first_checks_once_always_checks_every_call_off_never(make):
+@pytest.mark.parametrize('bad, message', BAD_BATCHES)
+def test_out_of_range_pixels_warn_once_by_default(make, bad, message):
+    model = make().eval()
+    assert model.input_check == 'warn'
+    with pytest.warns(PixelRangeWarning, match=message + ".*set_input_check\\('error'\\)"):
+        model(bad)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model(bad)  # once per model: the first batch is the only one checked
+        model(torch.rand(2, 3, 8, 8))
+    model.set_input_check('warn')  # setting the mode again re-arms it
+    with pytest.warns(PixelRangeWarning, match=message):
+        model(bad)
+
+
+@pytest.mark.parametrize('make', MODELS)
+@pytest.mark.parametrize('bad, message', BAD_BATCHES)
+def test_out_of_range_pixels_are_refused_on_request(make, bad, message):
+    model = make(input_check='error').eval()
+    with pytest.raises(ValueError, match=message + ".*set_input_check\\('warn'\\)"):
+        model(bad)
+    with pytest.raises(ValueError, match=message):
+        model(bad)  # a refused batch does not count as checked
+    assert model(torch.rand(2, 3, 8, 8)).shape == (2, 10)
+    model(bad)  # 'error' checks until a batch passes: later batches cost no host sync
+
+
+@pytest.mark.parametrize('make', MODELS)
+def test_good_pixels_never_warn(make):
+    model = make(input_check='always').eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for x in (torch.rand(2, 3, 8, 8), torch.zeros(2, 3, 8, 8), torch.ones(2, 3, 8, 8) + 0.5 / 255):
+            make().eval()(x)
+            model(x)
+
+
+@pytest.mark.parametrize('make', MODELS)
+def test_always_checks_every_call_off_never(make):
     bad = torch.rand(2, 3, 8, 8) * 255
     model = make().eval()
-    model(torch.rand(2, 3, 8, 8))
-    model(bad)  # 'first': later batches cost no host sync, so they are not checked
     model.set_input_check('always')
     model(torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match='0-255'):
         model(bad)
     model.set_input_check('off')
-    model(bad)
-    assert make(input_check='off').eval()(bad).shape == (2, 10)
-    with pytest.raises(ValueError, match="expected one of first, always, off"):
-        model.set_input_check('never')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model(bad)
+        assert make(input_check='off').eval()(bad).shape == (2, 10)
+    with pytest.raises(ValueError, match="expected one of warn, error, always, off"):
+        model.set_input_check('first')
 
 
 @pytest.mark.parametrize('make', MODELS)

@@ -1,4 +1,5 @@
 """ ARAT (recipe, invariance loss, static export) and the HPM head, each against a slow reference. """
+import hashlib
 import json
 import os
 
@@ -232,40 +233,58 @@ def test_hpm_prototypes_update_as_defined_and_training_logits_match_a_hand_compu
         torch.testing.assert_close(head.prototypes[k], expected)
 
 
-def test_hpm_eval_output_is_batch_independent_and_equals_training_on_a_batch_of_one():
-    import copy
-    head = _hpm_head().train()
-    head(torch.randn(32, 6))  # some prototypes
+def test_hpm_eval_output_is_batch_independent_and_is_the_training_formula_at_the_prototypes():
+    head = _hpm_head(momentum=0.0).train()  # momentum 0: the prototypes become this batch's class means
+    z = torch.randn(32, 6)
+    trained = head(z)
     head.eval()
-    z = torch.randn(7, 6)
     out = head(z)
-    torch.testing.assert_close(out[2:5], head(z[2:5]))
+    torch.testing.assert_close(out, trained)  # the training formula, once the batch prototypes are the prototypes
+    torch.testing.assert_close(out, -head.scale * ((z[:, None] - head.prototypes[None]) ** 2).sum(-1))
+    torch.testing.assert_close(out[2:5], head(z[2:5]))  # batch-independent
     torch.testing.assert_close(out[3:4], head(torch.cat([z[3:4], torch.randn(20, 6)]))[:1])
-    for i in range(len(z)):
-        pred = int((z[i] @ head.weight.T + head.bias).argmax())
-        expected = -head.scale * ((z[i] - head.prototypes) ** 2).sum(1)
-        expected[pred] = expected[pred] * head.stable_weight ** 2  # the sample's own class: mu mixed with z itself
-        torch.testing.assert_close(out[i], expected)
-        one = copy.deepcopy(head).train()  # the eval formula is the training formula on a batch of one
-        trained = one(z[i:i + 1])
-        torch.testing.assert_close(trained, one.eval()(z[i:i + 1]))
+    z_req = z[:5].clone().requires_grad_(True)
+    head(z_req)[:, 1].sum().backward()  # differentiable: the attacks' gradient is the l2 head's own
+    torch.testing.assert_close(z_req.grad, -2 * head.scale * (z[:5] - head.prototypes[1]))
+    assert head.weight.grad is None
+
+
+def test_hpm_evaluates_the_head_it_trains_not_its_fc(outcome_seed):
+    """Features in 4 clusters, a random FC: the FC and the l2 head disagree on a part of the samples; the evaluated
+    head follows the l2 head (not the FC, which a sample in its own batch-level prototype made it follow) and
+    agrees with the training-mode head on a large batch."""
+    g = torch.Generator().manual_seed(outcome_seed)
+    torch.manual_seed(outcome_seed)
+    head = _hpm_head(k=4, d=6)
+    centers = 3 * torch.randn(4, 6, generator=g)
+
+    def sample(n):
+        return centers[torch.randint(0, 4, (n,), generator=g)] + torch.randn(n, 6, generator=g)
+    head.train()
+    for _ in range(30):
+        head(sample(256))
+    z = sample(512)
+    fc = (z @ head.weight.T + head.bias).argmax(1)
+    l2 = ((z[:, None] - head.prototypes[None]) ** 2).sum(-1).argmin(1)
+    evaluated = head.eval()(z).argmax(1)
+    assert (l2 != fc).float().mean() > 0.1  # where the FC and the l2 head disagree ...
+    assert torch.equal(evaluated, l2)  # ... the evaluated head is the l2 head
+    trained = head.train()(z).argmax(1)
+    assert (trained == evaluated).float().mean() > 0.9
+    assert (trained == evaluated).float().mean() > (trained == fc).float().mean() + 0.1
 
 
 def test_hpm_surrogate_modes_and_the_straight_through_gradient():
     head = _hpm_head().train()
-    head(torch.randn(32, 6))
-    head.eval()
-    z = torch.randn(5, 6, requires_grad=True)
+    z = torch.randn(32, 6, requires_grad=True)
     head(z).sum().backward()
-    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0  # the STE reaches the FC
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0  # the STE reaches the FC in training
+    head.eval()
     head.set_mode('fc')
     torch.testing.assert_close(head(z), z @ head.weight.T + head.bias)
-    head.set_mode('soft')
-    p = F.softmax(z @ head.weight.T + head.bias, 1)
-    expected = -head.scale * (1 - 0.5 * p) ** 2 * ((z[:, None] - head.prototypes[None]) ** 2).sum(-1)
-    torch.testing.assert_close(head(z), expected)
-    with pytest.raises(ValueError, match="unknown HPM mode 'l2'"):
-        head.set_mode('l2')
+    for mode in ('l2', 'soft'):
+        with pytest.raises(ValueError, match=f"unknown HPM mode '{mode}': expected one of hpm, fc"):
+            head.set_mode(mode)
 
 
 def test_an_hpm_model_survives_save_and_load_through_timm_and_loads_fc_weights(tmp_path):
@@ -309,15 +328,14 @@ def test_hpm_surrogates_share_the_weights_and_leave_the_head_as_it_was():
     model(torch.rand(32, 3, 16, 16))
     model.eval()
     s = hpm_surrogates(model)
+    assert list(s) == ['hpm_fc']
     x = torch.rand(4, 3, 16, 16)
     z = model.forward_head(model.forward_features(x), pre_logits=True)
     torch.testing.assert_close(s['hpm_fc'](x), z @ model.head.weight.T + model.head.bias)
-    p = F.softmax(z @ model.head.weight.T + model.head.bias, 1)
-    dist = ((z[:, None] - model.head.prototypes[None]) ** 2).sum(-1)
-    torch.testing.assert_close(s['hpm_soft'](x), -model.head.scale * (1 - 0.5 * p) ** 2 * dist)
     assert model.head.mode == 'hpm'
+    torch.testing.assert_close(model(x), -model.head.scale * ((z[:, None] - model.head.prototypes[None]) ** 2).sum(-1))
     x_req = x.clone().requires_grad_(True)
-    s['hpm_soft'](x_req).sum().backward()
+    s['hpm_fc'](x_req).sum().backward()
     assert x_req.grad.abs().sum() > 0
 
 
@@ -333,6 +351,34 @@ def test_awnet_eval_on_an_hpm_model_adds_msa_on_its_surrogates_and_black_box(dig
                  '--out', str(out)]) == 0
     record = json.loads(out.read_text())
     names = [a['name'] for a in record['attacks']]
-    assert names == ['fgsm', 'transfer_hpm_fc', 'transfer_hpm_soft', 'msa', 'square']
+    assert names == ['fgsm', 'transfer_hpm_fc', 'msa', 'square']
     assert record['worst_case']['attacks'] == names
     assert record['worst_case']['robust_acc'] <= min(a['robust_acc'] for a in record['attacks'])
+    assert record['checkpoint_sha256'] == hashlib.sha256((tmp_path / 'hpm' / 'model.safetensors').read_bytes()).hexdigest()
+
+
+def test_the_zoo_suite_of_an_hpm_model_has_its_surrogate_msa_and_black_box_and_router_alone_is_refused():
+    from awnet_timm.eval import build_suite
+    model = timm.create_model('cifar_resnet18', num_classes=10, head='hpm', **SMALL).eval()
+    specs = build_suite(model, ('paper', 'router'), eps=8 / 255, router_steps=5, batch_size=8)  # as the zoo's runner calls it
+    assert [s.name for s in specs] == ['fgsm', 'pgd_sat', 'pgd_trades', 'cw_inf', 'autoattack', 'transfer_hpm_fc', 'msa',
+                                       'square']
+    assert specs[-2].params['surrogates'] == ['hpm_fc']
+    assert [s.name for s in build_suite(model, ['fgsm'], hpm_attacks=False)] == ['fgsm']
+    for names in (['router'], ['forced_clean'], ['pgd_sat', 'two_phase']):  # no white-box attack would run
+        with pytest.raises(ValueError, match=r'router attacks \(.*\) need an AW-Net with a router'):
+            build_suite(model, names)
+
+
+def test_awnet_eval_router_on_a_static_hpm_model_is_refused(digits, tmp_path, capsys):
+    from timm.models import save_for_hf
+    from awnet_timm.cli import main
+    model = timm.create_model('cifar_resnet18', num_classes=10, head='hpm', **SMALL).train()
+    model(torch.rand(32, 3, 16, 16))
+    save_for_hf(model.eval(), str(tmp_path / 'hpm'), safe_serialization=True)
+    out = tmp_path / 'eval.json'
+    assert main(['eval', '--model', f'local-dir:{tmp_path / "hpm"}', '--dataset', 'imagefolder', '--data-dir', digits,
+                 '--n', '4', '--attacks', 'router', '--no-sanity', '--no-progress', '--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert 'need an AW-Net with a router' in err and err.count('\n') == 1
+    assert not out.exists()

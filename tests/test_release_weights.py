@@ -82,3 +82,32 @@ def test_refusals_say_what_was_expected(repo):
     listing.write_text(text.replace(sha, '0' * 64))
     done = _script(repo, repo, 'restore')
     assert done.returncode == 2 and 'does not have the listed sha256' in done.stderr
+
+
+def _no_identity_env(home):
+    """The environment of a user who never set a git identity (useConfigOnly: no guess from the host name either)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('GIT_', 'EMAIL'))}
+    return dict(env, HOME=str(home), XDG_CONFIG_HOME=str(home), GIT_CONFIG_NOSYSTEM='1', GIT_CONFIG_COUNT='1',
+                GIT_CONFIG_KEY_0='user.useConfigOnly', GIT_CONFIG_VALUE_0='true')
+
+
+def test_commit_without_a_git_identity_stages_nothing_and_says_how_to_set_it(repo, tmp_path):
+    env = _no_identity_env(tmp_path / 'home')
+    done = subprocess.run([sys.executable, 'scripts/release_weights.py', 'commit', 'hub/releases/awnet_r18.mtard_cifar10'],
+                          cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert 'git has no author identity' in done.stderr and 'git config user.email' in done.stderr
+    assert not _git(repo, 'diff', '--cached', '--name-only')  # nothing staged: the retry is not refused
+    assert (repo / 'hub' / 'releases' / 'awnet_r18.mtard_cifar10' / 'model.safetensors').exists()
+    assert _script(repo, repo, 'commit', 'hub/releases/awnet_r18.mtard_cifar10').returncode == 0  # with an identity
+
+
+def test_a_refused_weights_commit_leaves_the_index_as_it_was(repo):
+    hook = repo / '.git' / 'hooks' / 'pre-commit'
+    hook.write_text('#!/bin/sh\necho "pre-commit: refused" >&2\nexit 1\n')
+    hook.chmod(0o755)
+    done = _script(repo, repo, 'commit', 'hub/releases/awnet_r18.mtard_cifar10')
+    assert done.returncode == 2 and 'pre-commit: refused' in done.stderr and 'the index is as it was' in done.stderr
+    assert not _git(repo, 'diff', '--cached', '--name-only') and _git(repo, 'rev-list', '--count', 'HEAD') == '1'
+    hook.unlink()
+    assert _script(repo, repo, 'commit', 'hub/releases/awnet_r18.mtard_cifar10').returncode == 0

@@ -5,11 +5,13 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from timm.data.random_erasing import RandomErasing
 from timm.layers import set_layer_config
 from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from awnet_timm import AWNet
+from awnet_timm.layers import PixelRangeWarning
 from conftest import ALL_MODELS
 
 BATCH = 2
@@ -34,6 +36,24 @@ def test_model_forward(name):
     assert out.shape == (BATCH, model.num_classes) and not torch.isnan(out).any()
     model.set_grad_checkpointing()
     torch.testing.assert_close(model(x), out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_model_takes_timm_tool_inputs_with_one_warning(name):
+    """timm's tests and benchmark.py feed torch.randn; its random erasing (mode 'pixel') writes normal noise into [0, 1]
+    images. The default input check must let both through (with one warning per model), not refuse them."""
+    model = timm.create_model(name).eval()
+    x = torch.randn(BATCH, *model.pretrained_cfg['input_size'])
+    with pytest.warns(PixelRangeWarning, match='do not apply mean/std normalization') as record:
+        out = model(x)
+        model(x)
+    assert out.shape == (BATCH, model.num_classes) and len(record) == 1
+    erase = RandomErasing(probability=1., mode='pixel', device='cpu')
+    erased = erase(torch.rand(BATCH, *model.pretrained_cfg['input_size']))
+    assert erased.min() < 0 or erased.max() > 1
+    model = timm.create_model(name).train()
+    with pytest.warns(PixelRangeWarning):
+        model(erased).mean().backward()
 
 
 @pytest.mark.parametrize('name', ALL_MODELS)

@@ -81,12 +81,14 @@ def test_schedules_follow_their_formulas(sched):
 
 
 @pytest.mark.parametrize('attack, steps', [('nfgsm', 1), ('pgd', 3)])
-def test_cheap_training_attacks_keep_pgd20_accuracy(digits, tmp_path, attack, steps):
+def test_cheap_training_attacks_keep_pgd20_accuracy(digits, tmp_path, attack, steps, outcome_seed):
     """PGD-AT with 1 (N-FGSM) or 3 PGD steps on digits keeps PGD-20 accuracy well above zero (no catastrophic
-    overfitting). Measured (CPU, seed 0): N-FGSM clean 0.527 / PGD-20 0.328; PGD-3 clean 0.531 / PGD-20 0.355."""
+    overfitting). Measured (CPU, torch 2.14.1, seeds 0-4 by --outcome-seeds 5): N-FGSM clean 0.418-0.582 / PGD-20
+    0.281-0.359; PGD-3 clean 0.445-0.574 / PGD-20 0.285-0.387 (10 classes: chance is 0.1)."""
     eps = 8 / 255
     common = dict(model='cifar_resnet18', model_kwargs=TINY, train_size=1024, val_size=256, epochs=6, batch_size=64,
-                  lr=0.05, sched='onecycle', eps=eps, val_attack_steps=2, run_name=f'{attack}{steps}')
+                  lr=0.05, sched='onecycle', eps=eps, val_attack_steps=2, run_name=f'{attack}{steps}',
+                  seed=outcome_seed)
     result = train(tiny_config(digits, tmp_path, recipe='pgd_at', attack=attack, attack_steps=steps,
                                attack_step=2.5 * eps / steps, **common))
     val = load_dataset('imagefolder', digits, 'val', limit=256)
@@ -95,4 +97,4 @@ def test_cheap_training_attacks_keep_pgd20_accuracy(digits, tmp_path, attack, st
     robust = (counts['correct_pgd'] / counts['count']).item()
     clean = (counts['correct_clean'] / counts['count']).item()
     print(f'{attack} k={steps}: clean {clean:.3f}, PGD-20 {robust:.3f} on 256 digits (eps 8/255)')
-    assert robust > 0.2 and clean > 0.4
+    assert robust > 0.2 and clean > 0.3

@@ -1,4 +1,6 @@
-""" `awnet zoo`: the smoke plan end to end, the budget and deadline logic, chunked evaluation, pack / unpack """
+""" `awnet zoo`: the smoke plan end to end, the budget and deadline logic, chunked evaluation, pack / unpack,
+resume and campaigns (slices that continue each stage from its checkpoint) """
+import dataclasses
 import json
 import math
 import os
@@ -17,7 +19,7 @@ from awnet_timm.zoo import PackError, ZooError, load_plan, list_plans, pack_run,
 from awnet_timm.zoo.budget import fit_epochs
 from awnet_timm.zoo.pack import PACK_MANIFEST
 from awnet_timm.zoo.plan import PLAN_DIR
-from awnet_timm.zoo.runner import merge_chunks
+from awnet_timm.zoo.runner import MANIFEST_VERSION, merge_chunks, shaped, stage_config, summary_table
 
 from conftest import TINY_AWNET
 
@@ -54,7 +56,7 @@ def test_smoke_plan_runs_every_stage(smoke):
     assert code == 0
     m = _manifest(out)
     plan = load_plan('smoke', dataset=m['plan']['dataset'])
-    assert m['plan'] == json.loads(json.dumps(plan.to_dict())) and m['plan_name'] == 'smoke' and m['zoo_version'] == 1
+    assert m['plan'] == json.loads(json.dumps(plan.to_dict())) and m['plan_name'] == 'smoke' and m['zoo_version'] == MANIFEST_VERSION
     assert set(m['versions']) >= {'torch', 'timm', 'awnet_timm'} and m['device'].startswith('cpu')
     assert list(m['stages']) == [s.name for s in plan.stages]
     assert all(s['status'] == 'done' for s in m['stages'].values()), {k: s.get('reason') for k, s in m['stages'].items()}
@@ -68,20 +70,29 @@ def test_smoke_plan_runs_every_stage(smoke):
         assert probe['images_per_second'] > 0 and probe['flops_per_image'] > 0
         assert math.isclose(probe['tflops'], probe['flops_per_image'] * probe['images_per_second'] / 1e12)
         assert os.path.isfile(os.path.join(out, s['weights'])) and s['settings']['epochs'] == 1
-    assert m['groups']['students']['epochs'] == 1 and m['groups']['students']['members'] == list(STUDENTS)
+        assert s['settings']['val_split'] == 'holdout' and s['selection'] == 'holdout: 64 images'
+        assert s['measured']['epochs'] == 1 and s['measured']['images_per_second'] > 0
+    assert m['groups']['students']['epochs_planned'] == 1 and m['groups']['students']['members'] == list(STUDENTS)
+    (first,) = m['slices']  # one slice: what it trained, how fast, its holdout numbers
+    assert first['budget_minutes'] == 30 and first['cpu_minutes'] > 0 and first['evaluated'] and first['finished']
+    assert all(first['stages'][n]['epochs_trained'] == 1 and first['stages'][n]['images_per_second'] > 0
+               and first['stages'][n]['holdout_best']['epoch'] == 1 for n in STUDENTS + TEACHERS)
     for name in STUDENTS:  # same teachers, seed and epochs, as the paper compares them
         assert m['stages'][name]['teachers'] == {'teacher_nat': 'teacher_clean', 'teacher_adv': 'teacher_robust'}
         assert m['stages'][name]['settings']['seed'] == m['stages'][STUDENTS[0]]['settings']['seed']
     # an AW-Net step does more work per image than its static baseline's
     assert m['stages'][STUDENTS[0]]['probe']['flops_per_image'] > m['stages'][STUDENTS[1]]['probe']['flops_per_image']
     results = m['stages']['evaluate']['results']
-    for name in STUDENTS:
-        assert results[name]['n'] == 8
+    for name in STUDENTS:  # each number with its N: clean accuracy on clean_n images, the worst case on the first 8
+        assert results[name]['worst_case_n'] == 8 and results[name]['clean_n'] == 64
+        assert results[name]['clean']['test-exact']['n'] == 64
         with open(os.path.join(out, results[name]['record'])) as f:
             record = json.load(f)
         assert len(record['per_sample']['clean']) == 8 and record['worst_case']['robust_acc'] <= record['clean_acc']
     assert 'forced_clean' in results[STUDENTS[0]]['attacks'] and 'forced_clean' not in results[STUDENTS[1]]['attacks']
     assert 'pgd20_acc' in results['teacher_robust'] and 'pgd20_acc' not in results['teacher_clean']
+    table = summary_table(m)
+    assert f"{STUDENTS[0]}: clean {100 * results[STUDENTS[0]]['clean_acc']:.1f}% (N=64), worst" in table and '(N=8)' in table
     assert sorted(m['stages']['export']['folders']) == sorted(STUDENTS)
 
 
@@ -106,8 +117,9 @@ def test_smoke_export_loads_with_timm(smoke):
         assert 'Trained by `awnet zoo`' in card and 'Clean teacher' in card and 'Robust teacher' in card
 
 
-def test_deadline_skips_what_cannot_finish_and_keeps_evaluation_and_export(smoke, tmp_path):
-    """A budget too small for the baseline student: it does not start; evaluation and export still run."""
+def test_deadline_skips_what_cannot_finish_and_keeps_evaluation_and_export(smoke, tmp_path, capsys):
+    """A budget too small for the baseline student: it does not start; evaluation and export still run, and say so
+    as they go (a line per attack and per chunk: a background run has no progress bars)."""
     code, out, data = smoke
     zoo = str(tmp_path / 'zoo')
     shutil.copytree(out, zoo)
@@ -130,9 +142,12 @@ def test_deadline_skips_what_cannot_finish_and_keeps_evaluation_and_export(smoke
     assert baseline['status'] == 'skipped' and ('cannot finish' in baseline['reason'] or 'no time left' in baseline['reason'])
     assert stages['evaluate']['status'] == 'done' and stages['export']['status'] == 'done'
     assert set(stages['evaluate']['results']) == set(TEACHERS + STUDENTS[:1])
-    assert stages['evaluate']['results'][STUDENTS[0]]['n'] == 8  # never fewer than n_min, even past the deadline
+    assert stages['evaluate']['results'][STUDENTS[0]]['worst_case_n'] == 8  # never fewer than n_min, even past the deadline
     assert list(stages['export']['folders']) == [STUDENTS[0]]
     assert os.path.isfile(os.path.join(zoo, stages['export']['folders'][STUDENTS[0]], 'awnet_eval.json'))
+    printed = capsys.readouterr().out
+    assert f'evaluate {STUDENTS[0]}, images 1-8: fgsm ' in printed and f'evaluate {STUDENTS[0]}: 8/8 images attacked' in printed
+    assert 'evaluate redone: changed in the plan (attacks' in printed
 
 
 def test_the_optional_arat_student_runs_only_when_included_for_the_students_epochs(smoke, tmp_path):
@@ -154,10 +169,10 @@ def test_the_optional_arat_student_runs_only_when_included_for_the_students_epoc
     assert all(stages[n]['resumed'] for n in TEACHERS + STUDENTS)  # the earlier stages are kept, not retrained
     arat = stages['student_arat']
     assert arat['status'] == 'done' and arat['recipe'] == 'arat' and 'resumed' not in arat
-    assert arat['epochs_done'] == m['groups']['students']['epochs'] == stages[STUDENTS[0]]['epochs_done']
+    assert arat['epochs_done'] == m['groups']['students']['epochs_planned'] == stages[STUDENTS[0]]['epochs_done']
     assert arat['settings']['seed'] == stages[STUDENTS[0]]['settings']['seed']
     result = stages['evaluate']['results']['student_arat']
-    assert result['n'] == 8 and list(result['attacks']) == ['fgsm']
+    assert result['worst_case_n'] == 8 and list(result['attacks']) == ['fgsm']
     folder = os.path.join(zoo, stages['export']['folders']['student_arat'])
     model = timm.create_model(f'local-dir:{folder}', pretrained=True)  # a plain static network: the Adv BN alone
     assert model.mix_bn is False and not any('.clean.' in k or 'predictor' in k for k in model.state_dict())
@@ -274,3 +289,328 @@ def test_run_refuses_an_existing_zoo_folder_without_resume(smoke, tmp_path, caps
     code, out, data = smoke
     assert main(['zoo', 'run', '--plan', 'smoke', '--out', out, '--device', 'cpu'] + data) == 2
     assert '--resume' in capsys.readouterr().err
+
+
+def _write_plan(tmp_path, plan, name='plan.json'):
+    path = str(tmp_path / name)
+    with open(path, 'w') as f:
+        json.dump(plan, f)
+    return path
+
+
+def _copy_zoo(out, tmp_path):
+    zoo = str(tmp_path / 'zoo')
+    shutil.copytree(out, zoo)
+    return zoo
+
+
+def _cheap_smoke_plan(**changes):
+    """The smoke plan with a cheap evaluation (FGSM only)."""
+    plan = load_plan('smoke').to_dict()
+    next(s for s in plan['stages'] if s['name'] == 'evaluate')['attacks'] = ['fgsm']
+    return dict(plan, **changes)
+
+
+def _log_epochs(run_dir):
+    with open(os.path.join(run_dir, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f if '"epoch_seconds"' in line]
+
+
+def test_best_checkpoints_are_chosen_on_a_holdout_not_on_the_reported_images(tmp_path):
+    """Issue 18 A: every shipped plan selects on a holdout of the training set; selecting on a reported split is refused."""
+    for name in list_plans():
+        with open(os.path.join(PLAN_DIR, f'{name}.json')) as f:
+            optional = [s['name'] for s in json.load(f)['stages'] if s.get('optional')]
+        plan = load_plan(name, include=optional)
+        for s in plan.stages:
+            if s.kind == 'train':
+                teachers = {t: ('cifar_resnet18', 'w.safetensors') for t in s.teacher_refs()}
+                assert stage_config(plan, s, 'data', 'out', teachers=teachers).val_split == 'holdout', (name, s.name)
+    good = load_plan('smoke').to_dict()
+    for split in ('test', 'test-exact'):
+        path = _write_plan(tmp_path, dict(good, train=dict(good['train'], val_split=split)))
+        with pytest.raises(ZooError, match=f"val_split '{split}' picks the best checkpoint on the images the evaluation"):
+            load_plan(path)
+    with pytest.raises(ZooError, match="val_split 'val'"):
+        load_plan(_write_plan(tmp_path, dict(good, train=dict(good['train'], val_split='val'))), dataset='imagefolder')
+
+
+def test_resume_refits_an_unfinished_group_to_the_time_left(smoke, tmp_path):
+    """Issue 18 B: a group none of whose members finished is fitted to the time left, not to the old run's epochs."""
+    code, out, data = smoke
+    zoo = _copy_zoo(out, tmp_path)
+    m = _manifest(zoo)
+    for name in STUDENTS:  # as if the run had been stopped in its first student, before any checkpoint
+        del m['stages'][name]
+        shutil.rmtree(os.path.join(zoo, 'runs', name))
+    group = m['groups']['students']
+    m['groups']['students'] = dict(group, epochs=29, estimates={STUDENTS[1]: 1.0},
+                                   probes={n: dict(m['stages'][TEACHERS[0]]['probe'], images_per_epoch=192) for n in STUDENTS})
+    with open(os.path.join(zoo, 'manifest.json'), 'w') as f:
+        json.dump(m, f)
+    plan = _write_plan(tmp_path, _cheap_smoke_plan())
+    assert main(['zoo', 'run', '--plan', plan, '--out', zoo, '--device', 'cpu', '--no-progress', '--resume',
+                 '--budget-minutes', '1.5'] + data) == 0
+    after = _manifest(zoo)
+    for name in STUDENTS:
+        assert after['stages'][name]['status'] == 'done', after['stages'][name].get('reason')
+        assert after['stages'][name]['epochs_done'] == after['stages'][name]['epochs_planned'] == 1
+    assert after['groups']['students']['epochs_planned'] == 1
+
+
+def test_ctrl_c_in_a_stage_then_resume_continues_from_its_last_checkpoint(digits, request, tmp_path, monkeypatch, capsys):
+    """Issue 18 C: a stage stopped by Ctrl-C continues from its own checkpoint, and the message names a working command."""
+    import shlex
+    from awnet_timm.cli import build_parser
+    from awnet_timm.training.trainer import RunInterrupted
+    from awnet_timm.zoo import runner
+    smoke_plan = load_plan('smoke').to_dict()
+    plan = _write_plan(tmp_path, dict(smoke_plan, stages=[dict(smoke_plan['stages'][0], max_epochs=2, share=0.9)]))
+    zoo, data = str(tmp_path / 'zoo'), _data_args(request, digits)
+    real_train = runner.train
+
+    def ctrl_c_in_epoch_2(cfg):  # epoch 1 finishes and is saved; Ctrl-C comes during epoch 2
+        result = real_train(dataclasses.replace(cfg, max_minutes=1e-9))
+        raise RunInterrupted(result.run_dir, result.epochs_done)
+    monkeypatch.setattr(runner, 'train', ctrl_c_in_epoch_2)
+    args = ['zoo', 'run', '--plan', plan, '--out', zoo, '--device', 'cpu', '--no-progress', '--budget-minutes', '20'] + data
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    command = err.split('continue with `')[1].split('`')[0]
+    words = shlex.split(command)
+    assert words[:3] == ['awnet', 'zoo', 'run'] and '--resume' in words and zoo in words
+    build_parser().parse_args(words[1:])  # a command that exists (argparse would exit on a bad one)
+    stage = _manifest(zoo)['stages']['teacher_clean']
+    assert stage['status'] == 'interrupted' and stage['epochs_done'] == 1
+    monkeypatch.setattr(runner, 'train', real_train)
+    assert main(words[1:]) == 0
+    stage = _manifest(zoo)['stages']['teacher_clean']
+    assert stage['status'] == 'done' and stage['epochs_done'] == stage['epochs_planned'] == 2
+    assert [r['epoch'] for r in _log_epochs(os.path.join(zoo, 'runs', 'teacher_clean'))] == [1, 2]  # epoch 1 not redone
+    assert os.listdir(os.path.join(zoo, 'runs')) == ['teacher_clean']  # nothing moved aside
+    assert 'resuming at epoch 2' in capsys.readouterr().out
+
+
+def test_resume_refuses_a_changed_training_stage_and_redoes_one_when_asked(smoke, tmp_path, capsys):
+    """Issue 18 D: an edited plan under the same name: a changed training stage is refused (or redone by --redo);
+    a changed evaluation is redone; either way the run says which."""
+    code, out, data = smoke
+    zoo = _copy_zoo(out, tmp_path)
+    plan = _cheap_smoke_plan()
+    edited = json.loads(json.dumps(plan))
+    edited['stages'][0]['config']['lr'] = 0.05
+    args = ['zoo', 'run', '--out', zoo, '--device', 'cpu', '--no-progress', '--resume', '--budget-minutes', '20'] + data
+    assert main(args + ['--plan', _write_plan(tmp_path, edited, 'edited.json')]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'teacher_clean' changed in the plan since it started" in err and 'lr:' in err
+    assert '--redo teacher_clean' in err and err.count('\n') == 1
+    assert _manifest(zoo)['slices'] == _manifest(out)['slices']  # refused before anything was written
+    assert main(args + ['--plan', _write_plan(tmp_path, plan), '--redo', STUDENTS[1]]) == 0
+    m = _manifest(zoo)
+    redone = m['stages'][STUDENTS[1]]
+    assert redone['status'] == 'done' and 'resumed' not in redone and m['stages'][STUDENTS[0]]['resumed']
+    assert m['slices'][-1]['redone'] == {STUDENTS[1]: 'asked for (--redo)', 'evaluate': m['slices'][-1]['redone']['evaluate']}
+    assert 'changed in the plan (attacks' in m['slices'][-1]['redone']['evaluate']
+    assert [d for d in os.listdir(os.path.join(zoo, 'runs')) if d.startswith(STUDENTS[1] + '.replaced-')]
+    assert f'{STUDENTS[1]} redone: asked for (--redo)' in capsys.readouterr().out
+
+
+def test_budget_must_be_a_finite_number_of_minutes(tmp_path, capsys):
+    """Issue 18 E: --budget-minutes 0 is not the plan's default, and inf is not a budget."""
+    for budget in ('0', 'inf', 'nan', '-1'):
+        assert main(['zoo', 'run', '--plan', 'smoke', '--out', str(tmp_path / 'z'), '--budget-minutes', budget,
+                     '--data-dir', str(tmp_path / 'nowhere')]) == 2
+        err = capsys.readouterr().err
+        assert 'the budget must be a finite number of minutes > 0' in err and err.count('\n') == 1, budget
+    assert not os.path.exists(tmp_path / 'z')
+
+
+def test_bad_plans_are_refused_in_one_line_when_they_load(tmp_path, capsys):
+    """Issue 18 F, G, H, I: stage names, teachers given twice, evaluation values and JSON types are checked up front."""
+    good = load_plan('smoke').to_dict()
+    student = good['stages'][2]
+    evaluate = dict(good['stages'][4])
+    cases = [
+        (dict(good, stages=[dict(good['stages'][0], name='../../outside')]), 'stage names are plain folder names'),
+        (dict(good, stages=good['stages'][:2] + [dict(student, config=dict(student['config'], teacher_nat_checkpoint='t.safetensors'))]),
+         "teacher_nat '@teacher_clean' uses that stage's weights, but teacher_nat_checkpoint"),
+        (dict(good, stages=good['stages'][:4] + [dict(evaluate, attacks=['fgsm', 'pgd_nope'])]), r"unknown attacks \['pgd_nope'\]"),
+        (dict(good, stages=good['stages'][:4] + [dict(evaluate, batch_size=0)]), 'batch_size must be >= 1'),
+        (dict(good, stages=good['stages'][:4] + [dict(evaluate, router_steps=0)]), 'router_steps must be >= 1'),
+        (dict(good, stages=good['stages'][:4] + [dict(evaluate, clean_n=0)]), 'clean_n must be >= 1'),
+        (dict(good, stages=[dict(good['stages'][0], share='0.1')]), "share must be a number, got '0.1'"),
+        (dict(good, train=[]), 'train must be an object'),
+        (dict(good, stages=good['stages'][:1] + [dict(good['stages'][1], after='teacher_clean')]), 'after must be a list of names'),
+        (dict(good, stages=good['stages'][:4] + [dict(evaluate, students='student_awnet_r18')]), 'students must be a list of names'),
+        (dict(good, budget_minutes='eight'), "budget_minutes must be a number, got 'eight'"),
+        (dict(good, stages=[dict(good['stages'][0], max_epochs=2.5)]), 'max_epochs must be an integer'),
+    ]
+    for i, (plan, message) in enumerate(cases):
+        with pytest.raises(ZooError, match=message):
+            load_plan(_write_plan(tmp_path, plan, f'plan{i}.json'))
+    assert main(['zoo', 'run', '--plan', str(tmp_path / 'plan0.json'), '--data-dir', str(tmp_path), '--out', str(tmp_path / 'z')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'plain folder names' in err and not os.path.exists(tmp_path / 'outside')
+    with pytest.raises(ZooError, match=r"include is a list of stage names \(e.g. include=\['student_arat'\]\)"):
+        load_plan('smoke', include='student_arat')
+    with pytest.raises(ZooError, match=r"run_zoo takes a Plan \(e.g. load_plan\('smoke'\)\), got str"):
+        from awnet_timm.zoo import run_zoo
+        run_zoo('smoke', 5, str(tmp_path), str(tmp_path / 'z'))
+
+
+def test_a_missing_teacher_file_is_refused_before_the_first_stage(digits, request, tmp_path, capsys):
+    """Issue 18 H: an external teacher file that does not exist stops the run before any stage trains."""
+    good = load_plan('smoke').to_dict()
+    student = good['stages'][2]
+    config = dict(student['config'], teacher_nat='cifar_resnet18', teacher_nat_checkpoint=str(tmp_path / 'none.safetensors'))
+    plan = _write_plan(tmp_path, dict(good, stages=good['stages'][:2] + [dict(student, config=config)]))
+    zoo = str(tmp_path / 'zoo')
+    assert main(['zoo', 'run', '--plan', plan, '--out', zoo, '--device', 'cpu', '--no-progress'] + _data_args(request, digits)) == 2
+    err = capsys.readouterr().err
+    assert "teacher_nat_checkpoint" in err and 'none.safetensors' in err and 'does not exist' in err
+    assert not os.path.exists(os.path.join(zoo, 'runs'))  # no stage ran
+
+
+def test_bad_folders_manifests_and_packs_are_one_line_errors(smoke, tmp_path, capsys):
+    """Issue 18 I: targets that are files, manifests that are not, packs that cannot be written or rejoined."""
+    code, out, data = smoke
+    a_file = tmp_path / 'a-file'
+    a_file.write_text('not a folder')
+    assert main(['zoo', 'run', '--plan', 'smoke', '--out', str(a_file), '--device', 'cpu'] + data) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'is a file' in err
+    for i, text in enumerate(['[1, 2]', '{"zoo_version": 2, "plan_name": "smo']):
+        zoo = tmp_path / f'bad{i}'
+        zoo.mkdir()
+        (zoo / 'manifest.json').write_text(text)
+        assert main(['zoo', 'run', '--plan', 'smoke', '--out', str(zoo), '--resume', '--device', 'cpu'] + data) == 2
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and str(zoo / 'manifest.json') in err
+    with pytest.raises(PackError, match='is a file, not a folder'):
+        pack_run(out, str(a_file))
+    with pytest.raises(PackError, match='is a file, not a folder'):
+        pack_run(out, str(a_file / 'trip1'))
+    tiny = str(tmp_path / 'tiny')
+    with pytest.raises(PackError, match='raise max_file_mb'):
+        pack_run(out, tiny, max_file_mb=0.005, max_total_mb=60, max_files=1000)
+    assert not os.path.exists(tiny)  # refused before a part was written
+    first, second = str(tmp_path / 'p1'), str(tmp_path / 'p2')
+    one = pack_run(out, first, max_file_mb=0.25, max_total_mb=0.7, max_files=4, rest=str(tmp_path / 'r1'))
+    two = pack_run(out, second, max_file_mb=0.2, max_total_mb=0.7, max_files=4, rest=str(tmp_path / 'r2'))
+    assert one.manifest['pack_id'] != two.manifest['pack_id']  # two cuts of one run are two packs
+    with pytest.raises(PackError, match='different packs'):
+        unpack_parts([first, two.trips[1]], str(tmp_path / 'back'))
+    with pytest.raises(PackError, match='is a file, not a folder'):
+        unpack_parts([first], str(a_file))
+    broken = tmp_path / 'broken'
+    shutil.copytree(first, broken)
+    manifest = json.loads((broken / PACK_MANIFEST).read_text())
+    del manifest['parts']
+    (broken / PACK_MANIFEST).write_text(json.dumps(manifest))
+    assert main(['zoo', 'unpack', str(broken), '--out', str(tmp_path / 'back')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "'parts' must list objects" in err
+
+
+def _campaign_plan():
+    """A campaign: a teacher trained to 2 epochs, then two students of one group to 3, evaluated and exported."""
+    smoke = load_plan('smoke').to_dict()
+    stage = {s['name']: s for s in smoke['stages']}
+    teacher = dict(stage['teacher_clean'], max_epochs=2, share=0.25)
+    students = [dict(stage[n], max_epochs=3, share=0.15, config=dict(stage[n]['config'], teacher_nat='@teacher_clean',
+                                                                  teacher_adv='@teacher_clean')) for n in STUDENTS]
+    evaluate = dict(stage['evaluate'], teachers=['teacher_clean'], students=list(STUDENTS), attacks=['fgsm'], share=0.15)
+    export = dict(stage['export'], students=list(STUDENTS))
+    return dict(smoke, name='campaign-test', campaign=True, stages=[teacher] + students + [evaluate, export])
+
+
+def test_campaign_slices_continue_every_stage_to_its_planned_total(digits, request, tmp_path, monkeypatch):
+    """Issue 17 item 3: each slice trains what fits and the next one continues it from its last checkpoint, towards
+    one planned total (one lr schedule); the group's members stay at equal epochs; evaluation and export follow the
+    weights that changed; every slice is recorded. Time is simulated: each slice has room for one round of the group."""
+    from awnet_timm.zoo import runner
+    room = {'epochs': 1}  # a round fits while the members are below this count (a slice's time, simulated)
+    monkeypatch.setattr(runner._Member, 'call_seconds', property(lambda m: 0. if m.done < room['epochs'] else 1e9))
+    plan = _write_plan(tmp_path, _campaign_plan())
+    zoo = str(tmp_path / 'zoo')
+    args = ['zoo', 'run', '--plan', plan, '--out', zoo, '--device', 'cpu', '--no-progress', '--resume',
+            '--budget-minutes', '20'] + _data_args(request, digits)
+    assert main(args) == 0
+    m = _manifest(zoo)
+    assert m['campaign'] and m['stages']['teacher_clean']['status'] == 'done'
+    for name in STUDENTS:
+        s = m['stages'][name]
+        assert s['status'] == 'partial' and s['epochs_done'] == 1 and s['epochs_planned'] == 3, s.get('reason')
+        assert s['settings']['epochs'] == 3 and 'the next slice continues it' in s['reason']  # the planned total, from the start
+    results = m['stages']['evaluate']['results']
+    assert set(results) == {'teacher_clean', *STUDENTS} and results[STUDENTS[0]]['epochs_done'] == 1
+    assert sorted(m['stages']['export']['folders']) == sorted(STUDENTS)
+
+    def no_probe(*a, **k):
+        raise AssertionError('a stage that has trained an epoch is timed by its measured epochs, not probed')
+    monkeypatch.setattr(runner, 'probe_stage', no_probe)
+    for epochs in (2, 3):
+        room['epochs'] = epochs
+        assert main(args) == 0
+    m = _manifest(zoo)
+    assert [len(m['slices']), m['slices'][0]['resumed'], m['slices'][1]['resumed']] == [3, False, True]
+    for k, sl in enumerate(m['slices'], 1):  # equal epochs at the end of every slice
+        assert [sl['stages'][n]['epochs_after'] for n in STUDENTS] == [k, k]
+        assert all(sl['stages'][n]['epochs_trained'] == 1 and sl['stages'][n]['images_per_second'] > 0 for n in STUDENTS)
+        assert sl['cpu_minutes'] > 0 and sl['budget_minutes'] == 20
+    for k, sl in enumerate(m['slices'], 1):  # evaluated: the models whose best (holdout) checkpoint changed
+        new = [n for n in STUDENTS if sl['stages'][n]['holdout_best']['epoch'] == k]
+        assert sl['evaluated'] == (['teacher_clean'] if k == 1 else []) + new  # the teacher's weights: slice 1 only
+    for name in STUDENTS:
+        s = m['stages'][name]
+        assert s['status'] == 'done' and s['epochs_done'] == 3
+        log = _log_epochs(os.path.join(zoo, s['run_dir']))
+        assert [r['epoch'] for r in log] == [1, 2, 3]  # continued, never restarted
+        lrs = [r['lr'] for r in log]
+        assert lrs == sorted(lrs, reverse=True) and lrs[0] > lrs[-1]  # one decaying schedule over the 3 epochs
+        best = m['slices'][-1]['stages'][name]['holdout_best']['epoch']
+        assert m['stages']['evaluate']['results'][name]['epochs_done'] == best  # evaluated when its best was saved
+        with open(os.path.join(zoo, m['stages']['export']['folders'][name], 'README.md')) as f:
+            assert f'{best} epoch(s) of a planned 3' in f.read()
+
+
+def test_campaign_continues_a_run_started_by_the_previous_zoo(smoke, tmp_path):
+    """A zoo folder written by zoo_version 1 (teachers only, one teacher stopped mid-stage by a kill) is continued by an
+    extended campaign plan of the same name: the finished teacher is kept, the stopped one continues from its
+    checkpoint to its own planned total, and the students train."""
+    from awnet_timm.training import train
+    code, out, data = smoke
+    smoke_manifest = _manifest(out)
+    campaign = _campaign_plan()
+    campaign['stages'][0]['max_epochs'] = 2
+    robust = dict(load_plan('smoke').to_dict()['stages'][1], max_epochs=2, share=0.25)
+    teachers_plan = dict(campaign, campaign=False, stages=[campaign['stages'][0], robust])
+    zoo = str(tmp_path / 'zoo')
+    os.makedirs(os.path.join(zoo, 'runs'))
+    shutil.copytree(os.path.join(out, 'runs', 'teacher_clean'), os.path.join(zoo, 'runs', 'teacher_clean'))  # 1 of 1 epoch
+    old_plan = load_plan(_write_plan(tmp_path, teachers_plan, 'slice1.json'), dataset=smoke_manifest['plan']['dataset'])
+    data_dir = smoke_manifest['decoded_data_dir'] or smoke_manifest['data_dir']
+    cfg = shaped(old_plan, old_plan.stage('teacher_robust'),
+                 stage_config(old_plan, old_plan.stage('teacher_robust'), data_dir, os.path.join(zoo, 'runs'), 'cpu', False), 2)
+    assert train(dataclasses.replace(cfg, max_minutes=1e-9)).epochs_done == 1  # killed after epoch 1 of its 2
+    v1 = {'zoo_version': 1, 'plan_name': 'campaign-test', 'budget_minutes': 135.0, 'started': '2026-12-04T22:34:58Z',
+          'device': smoke_manifest['device'], 'data_dir': data_dir, 'decoded_data_dir': None, 'versions': {},
+          'plan': old_plan.to_dict(), 'groups': {}, 'stages': {'teacher_clean': smoke_manifest['stages']['teacher_clean']},
+          'elapsed_seconds': 900.0}
+    with open(os.path.join(zoo, 'manifest.json'), 'w') as f:
+        json.dump(v1, f)
+    campaign['stages'][1:3] = [dict(s, max_epochs=1) for s in campaign['stages'][1:3]]
+    campaign['stages'].insert(1, robust)
+    for s in campaign['stages'][2:4]:
+        s['config'] = dict(s['config'], teacher_adv='@teacher_robust')
+    plan = _write_plan(tmp_path, campaign)
+    assert main(['zoo', 'run', '--plan', plan, '--out', zoo, '--device', 'cpu', '--no-progress', '--resume',
+                 '--budget-minutes', '20'] + data) == 0
+    m = _manifest(zoo)
+    stages = m['stages']
+    assert stages['teacher_clean']['status'] == 'done' and stages['teacher_clean']['resumed']
+    assert stages['teacher_clean']['epochs_planned'] == 1  # the planned total it was trained for, not the plan's 2
+    assert stages['teacher_robust']['status'] == 'done' and stages['teacher_robust']['epochs_done'] == 2
+    assert [r['epoch'] for r in _log_epochs(os.path.join(zoo, 'runs', 'teacher_robust'))] == [1, 2]
+    assert all(stages[n]['status'] == 'done' for n in STUDENTS + ('evaluate', 'export'))
+    assert [s.get('zoo_version') for s in m['slices']] == [1, None] and m['started'] == v1['started']

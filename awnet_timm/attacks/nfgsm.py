@@ -24,7 +24,7 @@ class NFGSM(LinfPGD):
         eps: The threat model's L-inf radius, in pixel units.
         step_size: alpha, the size of the signed-gradient step (None: eps, the paper's).
         noise: k, the noise's half-width in multiples of eps (the paper's 2).
-        loss, route, check_range: As for LinfPGD.
+        loss, route, check_range, train_mode: As for LinfPGD (de Jorge et al.'s code attacks in train mode).
     """
 
     def __init__(
@@ -36,9 +36,10 @@ class NFGSM(LinfPGD):
             loss: str = 'ce',
             route: Optional[str] = None,
             check_range: bool = True,
+            train_mode: bool = False,
     ):
         super().__init__(model, eps, eps if step_size is None else step_size, 1, loss, random_start='uniform',
-                         route=route, check_range=check_range)
+                         route=route, check_range=check_range, train_mode=train_mode)
         if noise < 0:
             raise ValueError(f'noise is a multiple of eps and must be >= 0, got {noise}')
         self.noise = noise

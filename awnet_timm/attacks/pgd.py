@@ -16,7 +16,9 @@ scored as the evaluator scores it (an AW-Net in route auto), else the last. Unde
 at step 5 and pushed back to its class by step 20 still counts as broken.
 
 Attacks know nothing about reporting: `perturb(x, y)` returns the adversarial batch. The model runs
-in eval mode during the attack (each submodule's mode is restored after) and its parameters get no gradients.
+in eval mode during the attack (each submodule's mode is restored after) and its parameters get no gradients;
+a training attack may instead run it in its own mode (`train_mode=True`: BN on batch statistics, its running
+statistics moved by the attack's passes, as the single-step AT code of Wong et al. and de Jorge et al. does).
 An AW-Net is attacked in the route given by `route` ('auto', 'adv', ...; None keeps its own).
 """
 import math
@@ -95,6 +97,8 @@ class LinfPGD:
             evaluation; one extra forward pass per step).
         check_range: Reject inputs outside [0, 1] (one host sync per call; a training loop whose
             data is known to be in range can turn it off).
+        train_mode: Run the model in the mode it is in (a training loop's train mode: BN batch statistics,
+            running statistics updated by every pass of the attack) instead of eval mode.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class LinfPGD:
             route: Optional[str] = None,
             keep: str = 'last',
             check_range: bool = True,
+            train_mode: bool = False,
     ):
         if loss not in ATTACK_LOSSES:
             raise ValueError(f"unknown attack loss '{loss}': expected one of {', '.join(ATTACK_LOSSES)}")
@@ -129,6 +134,7 @@ class LinfPGD:
         self.route = route
         self.keep = keep
         self.check_range = check_range
+        self.train_mode = train_mode
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
         if self.random_start == 'uniform':
@@ -143,7 +149,8 @@ class LinfPGD:
         """Adversarial examples for (x, y): within eps of x in L-inf, pixels in [0, 1]."""
         if self.check_range:
             check_pixels(x)
-        with eval_mode(self.model), use_route(self.model, self.route) if self.route is not None else nullcontext():
+        mode = nullcontext() if self.train_mode else eval_mode(self.model)
+        with mode, use_route(self.model, self.route) if self.route is not None else nullcontext():
             return self._run(x.detach(), y)
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> Any:

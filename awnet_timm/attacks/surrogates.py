@@ -1,10 +1,10 @@
-""" Differentiable surrogates of a model with an HPM head, for the Mixed Surrogate Attack
+""" The differentiable surrogate of a model with an HPM head, for transfer attacks and the Mixed Surrogate Attack
 
-The HPM head (layers/hpm_head.py; arXiv:2606.01746) classifies through a straight-through estimator, so
-its gradients are unreliable; its paper evaluates it with MSA: AutoAttack on several differentiable
-surrogates, each example scored on the real model. The surrogates here share the model's weights:
-- `hpm_fc`: the same backbone with its FC classifier;
-- `hpm_soft`: the same backbone with the l2 head without the STE (soft assignments in the forward too).
+The HPM head (layers/hpm_head.py; arXiv:2606.01746) is trained through a straight-through estimator, and its
+paper evaluates it with MSA: AutoAttack on differentiable surrogates, each example scored on the real model.
+Here the evaluated head is the l2 head, differentiable itself (white-box attacks run on it); the surrogate is
+the other classifier the same features were trained for, sharing the model's weights:
+- `hpm_fc`: the same backbone with its FC classifier.
 """
 from typing import Dict
 
@@ -22,14 +22,14 @@ def has_hpm_head(model: nn.Module) -> bool:
 
 
 class HeadModeSurrogate(nn.Module):
-    """ `model` with its HPM head switched to `mode` ('fc' or 'soft') for the duration of each forward. """
+    """ `model` with its HPM head switched to `mode` ('fc') for the duration of each forward. """
 
-    def __init__(self, model: nn.Module, mode: str):
+    def __init__(self, model: nn.Module, mode: str = 'fc'):
         super().__init__()
         if not has_hpm_head(model):
             raise ValueError(f'HeadModeSurrogate needs a model with an HPM head, got {type(model).__name__}')
-        if mode not in ('fc', 'soft'):
-            raise ValueError(f"HeadModeSurrogate: mode must be 'fc' or 'soft', got '{mode}'")
+        if mode != 'fc':
+            raise ValueError(f"HeadModeSurrogate: mode must be 'fc', got '{mode}'")
         self.model = model
         self.mode = mode
 
@@ -44,5 +44,5 @@ class HeadModeSurrogate(nn.Module):
 
 
 def hpm_surrogates(model: nn.Module) -> Dict[str, nn.Module]:
-    """{'hpm_fc': FC head, 'hpm_soft': l2 head without the STE}, sharing `model`'s weights."""
-    return {'hpm_fc': HeadModeSurrogate(model, 'fc'), 'hpm_soft': HeadModeSurrogate(model, 'soft')}
+    """{'hpm_fc': the FC head}, sharing `model`'s weights."""
+    return {'hpm_fc': HeadModeSurrogate(model, 'fc')}

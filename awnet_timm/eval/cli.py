@@ -7,15 +7,14 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..attacks import has_hpm_head, hpm_surrogates
 from ..data import load_dataset
 from ..utils import atomic_write_text, check_output_path, number_arg, resolve_device, sha256_file
 from .filters import conv_layer_name, filter_means, plot_filter_means, summarize
 from .harness import SANITY_N, evaluate_robustness
 from .report import build_record, load_record, markdown_table, plot_eps_curve, plot_tradeoff, write_report
-from .suite import GROUPS, build_suite
+from .suite import GROUPS, build_suite, validate_suite_args
 
-__all__ = ['add_eval_parser', 'add_plot_parser', 'add_filters_parser', 'load_eval_data', 'load_model']
+__all__ = ['add_eval_parser', 'add_plot_parser', 'add_filters_parser', 'load_eval_data', 'load_model', 'weights_file']
 
 _DEFAULT_SPLIT = {'cifar10-offline': 'test-exact', 'cifar10': 'test', 'cifar100': 'test', 'imagefolder': 'val'}
 
@@ -58,15 +57,50 @@ def _in_chans(model: torch.nn.Module) -> int:
     return conv.in_channels if conv is not None else 3
 
 
+def weights_file(model: torch.nn.Module, name: str, checkpoint: str = '') -> Optional[str]:
+    """ The file `model`'s weights were read from, for the record's sha256; None for a model without weights.
+
+    A checkpoint path is that file (a run directory: its best, else last, weights); `local-dir:` and Hub names
+    (as the model or as the checkpoint) are resolved through the pretrained cfg timm loaded them with.
+    """
+    from ..training.checkpoint import resolve_weights_path
+    source = checkpoint or name
+    if checkpoint and not checkpoint.startswith(('hf-hub:', 'local-dir:')) and os.path.exists(checkpoint):
+        return resolve_weights_path(checkpoint)
+    if not (source.startswith(('hf-hub:', 'local-dir:')) or '.' in source):
+        return None  # a bare architecture name: randomly initialised
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if cfg.get('source') == 'local-dir' and cfg.get('file'):
+        path = os.path.join(cfg['file'], 'model.safetensors')  # what timm reads first in an export folder
+        return path if os.path.isfile(path) else None
+    if cfg.get('hf_hub_id'):
+        from huggingface_hub import try_to_load_from_cache
+        repo, _, revision = cfg['hf_hub_id'].partition('@')
+        cached = try_to_load_from_cache(repo, cfg.get('hf_hub_filename') or 'model.safetensors', revision=revision or None)
+        return cached if isinstance(cached, str) else None
+    return cfg.get('file') if isinstance(cfg.get('file'), str) and os.path.isfile(cfg['file']) else None
+
+
 def load_model(spec: str, model_kwargs: Dict[str, Any] = None):
-    """'name', 'name.tag', 'hf-hub:org/repo' or 'name=CHECKPOINT' -> (model, weights file or None)."""
-    from ..training.checkpoint import create_model_with_weights, resolve_weights_path
+    """'name', 'name.tag', 'hf-hub:org/repo', 'local-dir:folder' or 'name=CHECKPOINT' -> (model, weights file or None)."""
+    from ..training.checkpoint import create_model_with_weights
     name, _, checkpoint = spec.partition('=')
-    path = resolve_weights_path(checkpoint) if checkpoint else None
-    return create_model_with_weights(name, checkpoint, **(model_kwargs or {})), path
+    model = create_model_with_weights(name, checkpoint, **(model_kwargs or {}))
+    return model, weights_file(model, name, checkpoint)
+
+
+def check_eval_args(args) -> None:
+    """The attack names and numbers of `awnet eval`, checked before a model or an image is loaded (ValueError)."""
+    validate_suite_args(args.attacks, eps=args.eps, random_start=args.random_start, cw_step=args.cw_step,
+                        router_steps=args.router_steps, square_queries=args.square_queries, aa_version=args.aa_version,
+                        batch_size=args.aa_batch_size)
+    for flag, value in (('--batch-size', args.batch_size), ('--sanity-n', args.sanity_n)):
+        if value < 1:
+            raise ValueError(f'{flag} must be at least 1, got {value}')
 
 
 def run_eval(args) -> int:
+    check_eval_args(args)
     device = resolve_device(args.device)
     out = args.out or os.path.join('output', 'eval', f"{args.model.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     check_output_path(out)  # before any attack: an unwritable path must not cost the evaluation
@@ -77,15 +111,11 @@ def run_eval(args) -> int:
     for s in args.surrogate:
         s_model, _ = load_model(s)
         surrogates[s.partition('=')[0].replace('/', '_')] = s_model.to(device).eval()
-    attacks = list(args.attacks)
-    if has_hpm_head(model):  # its STE masks gradients: add MSA on its differentiable surrogates, and black-box attacks
-        surrogates = {**hpm_surrogates(model), **surrogates}
-        attacks += [g for g in ('transfer', 'blackbox') if g not in attacks]
-    split = args.split or _DEFAULT_SPLIT[args.dataset]
-    x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, _in_chans(model))
-    specs = build_suite(model, attacks, eps=args.eps, random_start=args.random_start, cw_step=args.cw_step,
+    specs = build_suite(model, args.attacks, eps=args.eps, random_start=args.random_start, cw_step=args.cw_step,
                         router_steps=args.router_steps, square_queries=args.square_queries, aa_version=args.aa_version,
                         seed=args.seed, batch_size=args.aa_batch_size, surrogates=surrogates, progress=args.progress)
+    split = args.split or _DEFAULT_SPLIT[args.dataset]
+    x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, _in_chans(model))
     print(f"awnet eval: {spec} on {info['description']}, {device}, attacks: {', '.join(s.name for s in specs)}")
     sha = sha256_file(weights) if weights else None
 
@@ -116,10 +146,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser('eval', help='Robustness evaluation: the paper\'s attacks, AutoAttack, router-aware and transfer attacks.',
                        description='Evaluate any timm model taking [0, 1] pixels, in eval mode, on the first N test images. '
                                    'Writes a JSON record, a Markdown table and an accuracy-vs-eps plot. A model with an HPM '
-                                   'head (head=hpm) also gets, without asking, MSA and transfer attacks from its two '
-                                   'differentiable surrogates (hpm_fc: its FC head; hpm_soft: the l2 head without the '
-                                   'straight-through estimator) and the black-box attacks, since its STE masks gradients; '
-                                   'the worst case is taken over all of them.')
+                                   'head (head=hpm) also gets, without asking, MSA and a transfer attack from its FC head '
+                                   '(the surrogate hpm_fc) and the black-box attacks, as its paper evaluates it; the '
+                                   'worst case is taken over all of them.')
     p.add_argument('--model', required=True, help='timm model name, name.tag or hf-hub:org/repo')
     p.add_argument('--checkpoint', default='', help='weights: .safetensors file or run directory of awnet train')
     p.add_argument('--model-kwargs', type=json.loads, default={}, help='extra model arguments as JSON')
@@ -141,7 +170,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--square-queries', type=int, default=5000, help='queries of the Square attack (default: %(default)s)')
     p.add_argument('--aa-version', default='standard', choices=('standard', 'plus'), help='AutoAttack version (default: %(default)s)')
     p.add_argument('--surrogate', action='append', default=[], metavar='MODEL[=CHECKPOINT]',
-                   help='surrogate model for the transfer attacks (repeatable; an HPM model adds its own two)')
+                   help='surrogate model for the transfer attacks (repeatable; an HPM model adds its own, hpm_fc)')
     p.add_argument('--batch-size', type=int, default=256, help='images per batch of the PGD attacks (default: %(default)s)')
     p.add_argument('--aa-batch-size', type=int, default=500,
                    help='images per batch of AutoAttack and Square, which run once over all N (default: %(default)s)')

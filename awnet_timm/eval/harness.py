@@ -92,7 +92,14 @@ def _run_attack(model, spec: AttackSpec, x, y, batch_size, device, seed, progres
             'seconds': time.time() - t0, 'warnings': list(getattr(attack, 'check_warnings', []))}
 
 
-def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> None:
+def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, specs: Sequence[AttackSpec], batch_size: int,
+                  sanity_n: Optional[int], device) -> None:
+    names = [s.name for s in specs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # per-sample outcomes are kept by name: a second attack of a name would replace the first
+        raise EvaluationError(f"attack names must be unique, got {', '.join(repeated)} more than once")
+    if sanity_n is not None and sanity_n < 1:
+        raise EvaluationError(f'sanity_n must be at least 1 (points of the sanity checks), got {sanity_n}')
     if x.dim() != 4 or x.dtype != torch.float32:
         raise EvaluationError(f'evaluation takes float32 (N, C, H, W) pixels in [0, 1], got {tuple(x.shape)} {x.dtype}')
     check_pixels(x, 'evaluation takes')
@@ -148,7 +155,7 @@ def evaluate_robustness(
     """
     device = device or next(model.parameters()).device
     model = model.to(device).eval()
-    _check_inputs(model, x, y, batch_size, device)
+    _check_inputs(model, x, y, specs, batch_size, sanity_n if sanity else None, device)
     t_start = time.time()
     clean_pred, clean_p = [], []
     for i in range(0, len(x), batch_size):

@@ -9,6 +9,9 @@ the attack for a target model. `build_suite` expands group names:
 - 'blackbox': square (AutoAttack's Square, 5,000 queries);
 - 'transfer' (needs surrogates): transfer_<name> (PGD-sat on each surrogate) and msa (AutoAttack on
   every surrogate, per-sample first success).
+A model with an HPM head also gets, unasked, its FC surrogate (`hpm_fc`) and the 'transfer' and 'blackbox'
+groups, as its paper evaluates it (MSA), whoever builds the suite (`awnet eval`, the zoo's evaluate stage).
+`validate_suite_args` checks names and numbers without a model, so a plan can be checked before any training.
 Step sizes are the paper's at its eps 8/255 and scale with eps (at 4/255, pgd_sat steps 1/255), so every
 attack can cross the ball at any eps. White-box PGD attacks keep, per sample, the first iterate that
 fools the model (`keep='best'`, as AutoAttack does); transfer attacks keep the last surrogate iterate.
@@ -16,13 +19,16 @@ fools the model (`keep='best'`, as AutoAttack does); transfer attacks keep the l
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+import math
+
 import torch.nn as nn
 
 from ..attacks import (
-    FGSM, AutoAttack, ForcedRoutePGD, JointLossPGD, LinfPGD, MixedSurrogateAttack, SignalMatchPGD, TwoPhaseAttack)
+    FGSM, AutoAttack, ForcedRoutePGD, JointLossPGD, LinfPGD, MixedSurrogateAttack, SignalMatchPGD, TwoPhaseAttack,
+    has_hpm_head, hpm_surrogates)
 from ..models import AWNet
 
-__all__ = ['AttackSpec', 'GROUPS', 'PROTOCOL_EPS', 'build_suite', 'pgd_spec']
+__all__ = ['AttackSpec', 'GROUPS', 'PROTOCOL_EPS', 'ATTACK_NAMES', 'build_suite', 'pgd_spec', 'validate_suite_args']
 
 GROUPS = {
     'paper': ('fgsm', 'pgd_sat', 'pgd_trades', 'cw_inf', 'autoattack'),
@@ -31,7 +37,10 @@ GROUPS = {
     'transfer': ('transfer', 'msa'),
 }
 
+ATTACK_NAMES = tuple(n for g in GROUPS.values() for n in g)
 PROTOCOL_EPS = 8 / 255  # the eps the paper's step sizes are given for
+AA_VERSIONS = ('standard', 'plus')
+RANDOM_STARTS = ('uniform', 'none')
 
 
 @dataclass
@@ -52,6 +61,52 @@ def pgd_spec(name: str, eps: float, step_size: float, steps: int, loss: str = 'c
     return AttackSpec(name, kind, params, lambda m: LinfPGD(m, eps, step_size, steps, loss, random_start, route=route, keep=keep))
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def validate_suite_args(
+        names: Sequence[str],
+        eps: float = 8 / 255,
+        random_start: str = 'uniform',
+        cw_step: Optional[float] = None,
+        router_steps: int = 50,
+        square_queries: int = 5000,
+        aa_version: str = 'standard',
+        batch_size: int = 500,
+) -> List[str]:
+    """ The attack names of `names` with groups expanded, in order; ValueError (one line, saying what is expected)
+    for anything `build_suite` would refuse or fail on later. Needs no model: a plan can be checked before training.
+
+    What depends on the model is left to `build_suite`: router attacks need an AW-Net with a router, 'transfer'
+    needs surrogates (an HPM model brings its own).
+    """
+    if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f'attacks must be a list of attack or group names, got {names!r}: '
+                         f"e.g. ['paper', 'router'] (groups: {', '.join(GROUPS)})")
+    unknown = [n for n in names if n not in GROUPS and n not in ATTACK_NAMES]
+    if unknown or not names:
+        what = f"unknown attack {', '.join(repr(n) for n in unknown)}" if unknown else 'no attacks named'
+        raise ValueError(f"{what}: expected groups {', '.join(GROUPS)} or attacks {', '.join(ATTACK_NAMES)}")
+    for label, value in (('batch_size', batch_size), ('router_steps', router_steps), ('square_queries', square_queries)):
+        if not _positive_int(value):
+            raise ValueError(f'{label} must be an integer >= 1, got {value!r}')
+    if not (isinstance(eps, (int, float)) and 0 < eps <= 1):
+        raise ValueError(f'eps must be in (0, 1] (L-inf radius in [0, 1] pixel units, e.g. 8/255), got {eps!r}')
+    if cw_step is not None and not (isinstance(cw_step, (int, float)) and math.isfinite(cw_step) and cw_step > 0):
+        raise ValueError(f'cw_step must be a step size > 0 (or None: 0.003 at eps 8/255, scaled with eps), got {cw_step!r}')
+    if aa_version not in AA_VERSIONS:
+        raise ValueError(f"aa_version must be one of {', '.join(AA_VERSIONS)}, got {aa_version!r}")
+    if random_start not in RANDOM_STARTS:
+        raise ValueError(f"random_start must be one of {', '.join(RANDOM_STARTS)}, got {random_start!r}")
+    expanded: List[str] = []
+    for name in names:
+        for n in GROUPS.get(name, (name,)):
+            if n not in expanded:
+                expanded.append(n)
+    return expanded
+
+
 def build_suite(
         model: nn.Module,
         names: Sequence[str],
@@ -65,24 +120,26 @@ def build_suite(
         batch_size: int = 500,
         surrogates: Optional[Mapping[str, nn.Module]] = None,
         progress: bool = False,
+        hpm_attacks: bool = True,
 ) -> List[AttackSpec]:
     """ The attacks named (or in the groups named) for `model`.
 
-    Router attacks need an AW-Net with a router: named one by one for another model they are refused;
-    the 'router' group is skipped for it, unless nothing else is left to run. `cw_step` defaults to 0.003
-    at eps 8/255, scaled with eps; `batch_size` is AutoAttack's own (it sees the whole set at once).
+    Names and numbers are checked first (`validate_suite_args`). Router attacks need an AW-Net with a router:
+    named one by one for another model they are refused, and so is a request where nothing but router attacks
+    is left to run; the 'router' group is skipped otherwise. A model with an HPM head gets, when `hpm_attacks`,
+    its surrogate added to `surrogates` and the 'transfer' and 'blackbox' groups appended. `cw_step` defaults
+    to 0.003 at eps 8/255, scaled with eps; `batch_size` is AutoAttack's own (it sees the whole set at once).
     """
-    expanded: List[str] = []
-    for name in names:
-        for n in GROUPS.get(name, (name,)):
-            if n not in expanded:
-                expanded.append(n)
+    expanded = validate_suite_args(names, eps, random_start, cw_step, router_steps, square_queries, aa_version, batch_size)
     dynamic = isinstance(model, AWNet) and model.router is not None
-    if not dynamic:
+    if not dynamic:  # judged on what was asked: the HPM extras below are no white-box attack
         named = [n for n in names if n in GROUPS['router']]
         if named or all(n in GROUPS['router'] for n in expanded):
             raise ValueError(f"router attacks ({', '.join(named or GROUPS['router'])}) need an AW-Net with a router, and "
                              f"{type(model).__name__} has none: choose other attacks (e.g. --attacks paper)")
+    if hpm_attacks and has_hpm_head(model):  # as its paper evaluates it: MSA on its surrogate; and gradient-free attacks
+        surrogates = {**hpm_surrogates(model), **(surrogates or {})}
+        expanded += [n for g in ('transfer', 'blackbox') for n in GROUPS[g] if n not in expanded]
     surrogates = dict(surrogates or {})
     scale = eps / PROTOCOL_EPS
     step, trades_step = 2 / 255 * scale, 0.003 * scale
@@ -144,7 +201,4 @@ def build_suite(
                                         lambda m: MixedSurrogateAttack(m, [AutoAttack(s, eps, version=aa_version, **aa)
                                                                            for s in surrogates.values()], batch_size=batch_size),
                                         whole_set=True))
-        else:
-            known = sorted(set(GROUPS) | {n for g in GROUPS.values() for n in g})
-            raise ValueError(f"unknown attack '{name}': expected one of {', '.join(known)}")
     return specs

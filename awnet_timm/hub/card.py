@@ -128,6 +128,8 @@ def load_eval_record(path: str) -> Dict[str, Any]:
 
     Raises HubReleaseError naming the first missing or malformed field.
     """
+    if os.path.isdir(path):
+        raise HubReleaseError(f"evaluation record '{path}' is a folder: give the JSON file `awnet eval --out` wrote")
     if not os.path.isfile(path):
         raise HubReleaseError(f"evaluation record '{path}' does not exist (write one with `awnet eval` on the exported "
                               f"model.safetensors)")
@@ -137,7 +139,13 @@ def load_eval_record(path: str) -> Dict[str, Any]:
     if version != EVAL_VERSION:
         raise HubReleaseError(f'{where}: awnet_eval_version {version} is not supported (this awnet_timm reads version '
                               f'{EVAL_VERSION})')
-    _field(record, 'model', str, where)
+    model = _field(record, 'model', str, where)
+    if record.get('checkpoint_sha256', '') is None:
+        raise HubReleaseError(
+            f"{where}: checkpoint_sha256 is null: the evaluation of '{model}' did not record which weights file it "
+            f"measured, so nothing ties its numbers to the exported file. Evaluate that file itself: `awnet eval --model "
+            f"{_record_architecture(model) or '<architecture>'} --checkpoint <export folder>/model.safetensors ...`, "
+            f"then export again with --eval")
     sha = _field(record, 'checkpoint_sha256', str, where)
     if not re.fullmatch(r'[0-9a-f]{64}', sha):
         raise HubReleaseError(f"{where}: checkpoint_sha256 should be 64 lowercase hex digits, got {sha!r}")
@@ -183,9 +191,20 @@ def architecture_of(model: str) -> str:
     return model.split(':')[-1].split('/')[-1].split('.')[0]
 
 
+def _record_architecture(model: str) -> Optional[str]:
+    """The architecture a record's model was: a `local-dir:` folder's is in its config.json (None once it is gone)."""
+    if not model.startswith('local-dir:'):
+        return architecture_of(model)
+    try:
+        config = read_json(os.path.join(model[len('local-dir:'):], 'config.json'))
+    except (OSError, ValueError):
+        return None  # the sha256 check alone ties the record to the file
+    return config.get('architecture') if isinstance(config, dict) else None
+
+
 def check_eval_record(record: Dict[str, Any], architecture: str, sha256: str, weights_path: str) -> None:
     """Refuse a record made on another architecture or on another file than `weights_path` (sha256 `sha256`)."""
-    if architecture_of(record['model']) != architecture:
+    if _record_architecture(record['model']) not in (architecture, None):
         raise HubReleaseError(f"the evaluation record is of model '{record['model']}', the export is '{architecture}'")
     if record['checkpoint_sha256'] != sha256:
         raise HubReleaseError(

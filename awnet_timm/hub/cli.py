@@ -7,6 +7,7 @@ ValueError) are reported by `awnet_timm.cli.main`, as for every subcommand.
 """
 import argparse
 import signal
+import sys
 import time
 
 __all__ = ['add_export_parser', 'add_publish_parser', 'add_mirror_parser', 'run_export', 'run_publish', 'run_mirror']
@@ -98,7 +99,7 @@ def run_mirror(args: argparse.Namespace) -> int:
         print(f'  in another shell: export HF_ENDPOINT={mirror.url}', flush=True)
         while mirror.proc.poll() is None:
             time.sleep(0.5)
-        print(f'awnet mirror: olah exited with {mirror.proc.returncode}', flush=True)
+        print(f'awnet mirror: {mirror.exit_message()}', file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         print('awnet mirror: stopped', flush=True)
@@ -164,10 +165,12 @@ def add_mirror_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser('mirror', help=_MIRROR_HELP, description=_MIRROR_HELP, epilog=_MIRROR_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('folder', metavar='FOLDER', help='a folder of release folders (e.g. hub/releases)')
-    p.add_argument('--port', type=int, default=0, help='port to listen on (default: a free one, printed)')
+    p.add_argument('--port', type=int, default=0,
+                   help='port to listen on, 1-65535 and free (default: a free one, printed)')
     p.add_argument('--host', default='127.0.0.1', help='address to listen on (default: %(default)s)')
     p.add_argument('--org', default='awnet-timm', help='Hub organisation of the served repos (default: %(default)s)')
     p.add_argument('--olah-cli', default=None, metavar='PATH',
-                   help='olah-cli to run (default: $AWNET_OLAH_CLI, .venv-olah/bin/olah-cli, or olah-cli on PATH)')
+                   help='olah-cli to run; it must exist (default: $AWNET_OLAH_CLI, .venv-olah/bin/olah-cli, or olah-cli '
+                        'on PATH)')
     p.set_defaults(func=run_mirror)
     return p

@@ -6,7 +6,8 @@ The folder holds what timm's `hf-hub:` and `local-dir:` loaders read, written by
   [0, 1] pixels, the model normalizes);
 - `README.md`: the model card (card.py), with the robustness table when an evaluation record is given;
 - `awnet_eval.json`: that evaluation record, when given (its `checkpoint_sha256` is the sha256 of
-  `model.safetensors`; its local `checkpoint` path becomes the file's name in the repo).
+  `model.safetensors`; its local `checkpoint` path becomes the file's name in the repo, and a `local-dir:`
+  model its architecture).
 The folder is written into a temporary directory beside the target and renamed into place, so a
 failed export never leaves a half-written folder. The export is deterministic: exporting the same run
 again gives a byte-identical `model.safetensors`, which is what lets `awnet eval` run on the exported
@@ -31,7 +32,7 @@ from ..training.arat import deploy_adv_bn
 from ..training.checkpoint import CheckpointError, nonfinite_tensors
 from ..utils import sha256_file, usual_mode
 from .card import TASKS, CardInfo, architecture_of, check_eval_record, load_eval_record, model_card, zoo_row
-from .errors import HubReleaseError
+from .errors import HubReleaseError, check_repo_id
 
 __all__ = ['ExportResult', 'export_checkpoint', 'default_tag', 'RELEASE_FILES', 'DTYPES']
 
@@ -53,10 +54,12 @@ class ExportResult:
 
 
 def default_tag(cfg: TrainConfig) -> str:
-    """`<recipe>_<dataset>`, e.g. mtard_cifar10 (the JPEG copy of CIFAR-10 is still CIFAR-10's task)."""
+    """ `<recipe>[_hpm]_<dataset>`, e.g. mtard_cifar10, pgd_at_hpm_cifar10 for a model with the HPM head (another
+    classifier than the FC one of `<recipe>_<dataset>`); the JPEG copy of CIFAR-10 is still CIFAR-10's task. """
+    recipe = cfg.recipe + ('_hpm' if cfg.model_args().get('head') == 'hpm' else '')
     if cfg.dataset not in TASKS:
-        raise HubReleaseError(f"no default tag for dataset '{cfg.dataset}': pass --tag (e.g. {cfg.recipe}_<dataset>)")
-    return f'{cfg.recipe}_{TASKS[cfg.dataset]}'
+        raise HubReleaseError(f"no default tag for dataset '{cfg.dataset}': pass --tag (e.g. {recipe}_<dataset>)")
+    return f'{recipe}_{TASKS[cfg.dataset]}'
 
 
 def _find_run(checkpoint: str, weights: str):
@@ -129,6 +132,30 @@ def _write_json(path: str, value: Any) -> None:
         f.write('\n')
 
 
+def _check_out_dir(out_dir: str, overwrite: bool) -> None:
+    """Refuse, before any work, an output folder that is a file, lies under a file, or exists without `overwrite`."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise HubReleaseError(f"'{out_dir}' is a file: an export is a folder; give --out a folder path")
+    if os.path.isdir(out_dir) and not overwrite:
+        raise HubReleaseError(f"'{out_dir}' already exists: pass --overwrite to replace it")
+    parent = os.path.dirname(out_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise HubReleaseError(f"cannot write '{out_dir}': '{parent}' is a file, not a folder")
+
+
+def _shipped_record(record: dict, architecture: str) -> dict:
+    """The record as the repo holds it: its local checkpoint path becomes the file's name in the repo, and a model
+    loaded from a folder (`local-dir:PATH`) becomes its architecture, the name `--checkpoint` evaluations record."""
+    shipped = dict(record, checkpoint='model.safetensors')
+    local = record['model'] if record['model'].startswith('local-dir:') else None
+    if local:
+        shipped['model'] = architecture
+        shipped['model_info'] = {k: architecture if v == local else v for k, v in record['model_info'].items()}
+    return shipped
+
+
 def _install(tmp: str, out_dir: str, overwrite: bool) -> None:
     """Move the finished temporary folder to out_dir; an old export is only removed once the new one is in place."""
     if not os.path.exists(out_dir):
@@ -136,8 +163,6 @@ def _install(tmp: str, out_dir: str, overwrite: bool) -> None:
         return
     if not overwrite:
         raise HubReleaseError(f"'{out_dir}' already exists: pass --overwrite to replace it")
-    if not os.path.isdir(out_dir):
-        raise HubReleaseError(f"'{out_dir}' exists and is not a directory")
     old = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f'.{os.path.basename(out_dir)}.old.')
     os.replace(out_dir, os.path.join(old, 'export'))
     os.replace(tmp, out_dir)
@@ -180,12 +205,9 @@ def export_checkpoint(
     tag = tag or default_tag(cfg)
     if not tag.replace('_', '').replace('-', '').isalnum():
         raise HubReleaseError(f"tag '{tag}' must be letters, digits, '_' and '-' (it becomes part of the repo name)")
-    repo_id = repo_id or f'{HUB_ORG}/{architecture}.{tag}'
-    if repo_id.count('/') != 1:
-        raise HubReleaseError(f"repo_id must be 'organization/name', got '{repo_id}'")
+    repo_id = check_repo_id(repo_id or f'{HUB_ORG}/{architecture}.{tag}')
     out_dir = os.path.abspath(out_dir or os.path.join(releases_dir, f'{architecture}.{tag}'))
-    if os.path.exists(out_dir) and not overwrite:
-        raise HubReleaseError(f"'{out_dir}' already exists: pass --overwrite to replace it")
+    _check_out_dir(out_dir, overwrite)
 
     try:
         model = create_model_with_weights(architecture, weights_path, **cfg.model_args()).eval()
@@ -213,15 +235,19 @@ def export_checkpoint(
                                   f'{torch.finfo(torch.float16).max:.0f}): export them as fp32')
         model = model.half()
 
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f'.{os.path.basename(out_dir)}.tmp.')
+    try:
+        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f'.{os.path.basename(out_dir)}.tmp.')
+    except OSError as e:
+        raise HubReleaseError(f"cannot write '{out_dir}': {e.strerror or e}") from None
     try:
         save_for_hf(model, tmp, model_config=dict(label_names=label_names) if label_names else None,
                     safe_serialization=True)
         sha = sha256_file(os.path.join(tmp, 'model.safetensors'))
         if record is not None:
             check_eval_record(record, architecture, sha, os.path.join(out_dir, 'model.safetensors'))
-            _write_json(os.path.join(tmp, 'awnet_eval.json'), dict(record, checkpoint='model.safetensors'))
+            record = _shipped_record(record, architecture)  # the card shows it too: no local path in either
+            _write_json(os.path.join(tmp, 'awnet_eval.json'), record)
         with open(os.path.join(tmp, 'config.json')) as f:
             hf_config = json.load(f)
         registered = _registered_cfg(f'{architecture}.{tag}')

@@ -12,6 +12,7 @@ found through `AWNET_OLAH_CLI`, `./.venv-olah/bin/olah-cli` (made by `bash tests
 on PATH. olah serves local repos only as git repositories, so each folder is copied into a scratch folder and
 committed there (git must be installed); the release folders themselves are not touched.
 """
+import errno
 import os
 import shutil
 import socket
@@ -23,19 +24,29 @@ import urllib.request
 from typing import Dict, Optional
 
 from ..models.awnet import HUB_ORG
-from .errors import HubReleaseError
+from .errors import HubReleaseError, check_repo_id
 
 __all__ = ['HubMirror', 'find_olah_cli', 'release_repos']
 
 OLAH_VERSION = '0.5.4'
 
 
+def _runnable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def find_olah_cli(explicit: Optional[str] = None) -> str:
-    """The olah-cli to run: `explicit`, $AWNET_OLAH_CLI, ./.venv-olah/bin/olah-cli or olah-cli on PATH."""
-    candidates = [explicit, os.environ.get('AWNET_OLAH_CLI'), os.path.join('.venv-olah', 'bin', 'olah-cli'),
-                  shutil.which('olah-cli')]
+    """ The olah-cli to run: `explicit` (which must then exist: no fallback), else $AWNET_OLAH_CLI,
+    ./.venv-olah/bin/olah-cli or olah-cli on PATH. """
+    if explicit:
+        if not _runnable(explicit):
+            raise HubReleaseError(f"--olah-cli '{explicit}' is not an executable file: give the path of olah-cli "
+                                  f"(e.g. .venv-olah/bin/olah-cli), or leave --olah-cli out to use $AWNET_OLAH_CLI, "
+                                  f".venv-olah/bin/olah-cli or PATH")
+        return os.path.abspath(explicit)
+    candidates = [os.environ.get('AWNET_OLAH_CLI'), os.path.join('.venv-olah', 'bin', 'olah-cli'), shutil.which('olah-cli')]
     for path in candidates:
-        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+        if path and _runnable(path):
             return os.path.abspath(path)
     raise HubReleaseError(
         f'no olah-cli found (tried --olah-cli, $AWNET_OLAH_CLI, .venv-olah/bin/olah-cli and PATH): install olah in its '
@@ -45,20 +56,39 @@ def find_olah_cli(explicit: Optional[str] = None) -> str:
 
 def release_repos(folder: str, org: str = HUB_ORG) -> Dict[str, str]:
     """{repo_id: release folder} of every subfolder of `folder` holding model.safetensors and config.json."""
+    def is_release(path: str) -> bool:
+        return all(os.path.isfile(os.path.join(path, f)) for f in ('model.safetensors', 'config.json'))
     if not os.path.isdir(folder):
         raise HubReleaseError(f"'{folder}' is not a folder: give a folder of release folders (e.g. hub/releases)")
     repos = {f'{org}/{name}': os.path.join(folder, name) for name in sorted(os.listdir(folder))
-             if all(os.path.isfile(os.path.join(folder, name, f)) for f in ('model.safetensors', 'config.json'))}
+             if is_release(os.path.join(folder, name))}
     if not repos:
+        hint = (f"; it is itself a release folder: give its parent, '{os.path.dirname(os.path.abspath(folder))}'"
+                if is_release(folder) else '')
         raise HubReleaseError(f"'{folder}' holds no release folder (a subfolder with model.safetensors and config.json, "
-                              f"as `awnet export` writes)")
+                              f"as `awnet export` writes){hint}")
+    for repo_id, path in repos.items():  # the repo ids olah serves, and the URLs clients ask for, must be valid
+        check_repo_id(repo_id, f'repo id (--org and the name of {path})')
     return repos
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _bind(host: str, port: int) -> int:
+    """Bind `host`:`port` (0: any free port) as olah's server will (SO_REUSEADDR), release it, return the port."""
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+            return s.getsockname()[1]
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise HubReleaseError(_port_taken(host, port)) from None
+        raise HubReleaseError(f'cannot listen on {host}:{port} ({e.strerror or e}): give --host an address of this '
+                              f'machine (default 127.0.0.1)') from None
+
+
+def _port_taken(host: str, port: int) -> str:
+    return (f'port {port} on {host} is taken (by another `awnet mirror`, or another server): stop that one, give '
+            f'another --port, or leave --port out for a free one')
 
 
 def _git(cwd: str, *args: str) -> None:
@@ -87,12 +117,14 @@ class HubMirror:
                  olah_cli: Optional[str] = None):
         if not repos:
             raise HubReleaseError('nothing to serve: give at least one release folder')
+        if not 0 <= port <= 65535:
+            raise HubReleaseError(f'port {port} is not a TCP port (0-65535; 0 or no --port: a free one)')
         self.repos = dict(repos)
         self.cli = find_olah_cli(olah_cli)
+        self.host = host
+        self.port = _bind(host, port)  # a taken port or a bad host fail here, before olah starts
         self.own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix='awnet-mirror-')
-        self.host = host
-        self.port = port or _free_port(host)
         self.url = f'http://{host}:{self.port}'
         self.log = os.path.join(self.workdir, 'olah.log')
         self.proc: Optional[subprocess.Popen] = None
@@ -109,6 +141,7 @@ class HubMirror:
 
     def start(self, timeout: float = 60) -> 'HubMirror':
         """Copy the repos, start olah, and return once it serves the first repo's config.json."""
+        _bind(self.host, self.port)  # still free (the check in __init__ may be long ago)
         os.makedirs(self.workdir, exist_ok=True)
         mirrors = self._write_repos()
         config = os.path.join(self.workdir, 'olah.toml')
@@ -125,9 +158,9 @@ class HubMirror:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                code, tail = self.proc.returncode, self._log_tail()
+                message = self.exit_message()
                 self.stop()
-                raise HubReleaseError(f'olah exited with {code}:\n{tail}')
+                raise HubReleaseError(message)
             try:
                 if opener.open(urllib.request.Request(probe, method='HEAD'), timeout=2).status == 200:
                     return self
@@ -138,6 +171,13 @@ class HubMirror:
                 self.stop()
                 raise HubReleaseError(f'olah did not answer {probe} within {timeout:g} s:\n{tail}')
             time.sleep(0.2)
+
+    def exit_message(self) -> str:
+        """Why olah exited: a taken port in one line (another server took it after the check), else its log."""
+        tail = self._log_tail()
+        if 'address already in use' in tail:
+            return _port_taken(self.host, self.port)
+        return f'olah exited with {self.proc.returncode}:\n{tail}'
 
     def _log_tail(self) -> str:
         with open(self.log) as f:

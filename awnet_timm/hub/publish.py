@@ -10,22 +10,27 @@ unless given. A dry run does every check and no HTTP.
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
+from urllib.parse import urlsplit
 
 import timm
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants as hf_constants, get_token
-from huggingface_hub.errors import HFValidationError, HfHubHTTPError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.errors import HfHubHTTPError
 
 from ..models.awnet import HUB_ORG
 from ..utils import read_json, sha256_file
 from .card import check_eval_record, load_eval_record
-from .errors import HubReleaseError
+from .errors import HubReleaseError, check_repo_id
 from .export import RELEASE_FILES
 
 __all__ = ['PublishResult', 'FULL_EVAL_N', 'check_release_folder', 'partial_eval_reasons', 'publish_folder']
 
 _REQUIRED = ('model.safetensors', 'config.json', 'README.md')
 FULL_EVAL_N = 1000  # RobustBench's and the paper's evaluation size
+try:  # huggingface_hub >= 1.0 speaks httpx, whose connection errors are not OSErrors
+    from huggingface_hub.utils import httpx as _httpx
+    _CONNECTION_ERRORS: Tuple[type, ...] = (OSError, _httpx.HTTPError)
+except ImportError:  # older ones speak requests, whose errors are OSErrors
+    _CONNECTION_ERRORS = (OSError,)
 
 
 def partial_eval_reasons(record: dict) -> List[str]:
@@ -70,7 +75,7 @@ def check_release_folder(folder: str, allow_unevaluated: bool = False, allow_par
         raise HubReleaseError(f"'{folder}/config.json' names architecture {arch!r}, which is not a registered timm model")
     try:
         timm.create_model(f'local-dir:{os.path.abspath(folder)}', pretrained=True)
-    except (RuntimeError, ValueError, OSError) as e:
+    except (RuntimeError, ValueError, TypeError, OSError) as e:  # TypeError: model_args the architecture does not take
         raise HubReleaseError(f"'{folder}' does not load with timm.create_model('local-dir:...', pretrained=True): {e}") from None
     try:
         card = ModelCard.load(os.path.join(folder, 'README.md'))
@@ -129,15 +134,12 @@ def publish_folder(
         allow_partial_eval: publish an evaluation under 1000 images or without AutoAttack (with a warning).
     """
     folder = os.path.abspath(folder)
-    repo_id = repo_id or f'{HUB_ORG}/{os.path.basename(folder)}'
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise HubReleaseError(f"invalid repo id '{repo_id}': {e}") from None
-    if repo_id.count('/') != 1:
-        raise HubReleaseError(f"repo id must be 'organization/name', got '{repo_id}'")
-    files, warnings = check_release_folder(folder, allow_unevaluated=allow_unevaluated, allow_partial_eval=allow_partial_eval)
+    repo_id = check_repo_id(repo_id or f'{HUB_ORG}/{os.path.basename(folder)}')
     endpoint = (endpoint or hf_constants.ENDPOINT).rstrip('/')
+    url = urlsplit(endpoint)
+    if url.scheme not in ('http', 'https') or not url.netloc:
+        raise HubReleaseError(f"endpoint '{endpoint}' is not an http:// or https:// URL (e.g. https://huggingface.co)")
+    files, warnings = check_release_folder(folder, allow_unevaluated=allow_unevaluated, allow_partial_eval=allow_partial_eval)
     result = PublishResult(repo_id=repo_id, endpoint=endpoint, revision=revision, files=files, dry_run=dry_run,
                            warnings=warnings)
     if dry_run:
@@ -164,5 +166,8 @@ def publish_folder(
         hint = (f" Check that the token (HF_TOKEN) is valid and may write to '{repo_id.split('/')[0]}'."
                 if status in (401, 403) else '')
         raise HubReleaseError(f'{endpoint} refused {step} (HTTP {status}).{hint}\n{e}') from None
+    except _CONNECTION_ERRORS as e:  # no answer at all: a wrong --endpoint / HF_ENDPOINT, or no network
+        raise HubReleaseError(f'{endpoint} did not answer while {step} ({type(e).__name__}: {e}): check --endpoint or '
+                              f'HF_ENDPOINT and the network') from None
     result.commit_url, result.commit_oid = info.commit_url, info.oid
     return result

@@ -4,4 +4,4 @@ from .hpm_head import HPM_MODES, HPMHead
 from .mix_bn import MIX_BRANCHES, MixBatchNorm2d
 from .modulated_conv import ModulatedConv2d
 from .router import AdversarialRouter, RouterOutput
-from .pixel_input import INPUT_CHECKS, check_pixel_batch, check_pixel_values, input_check_mode
+from .pixel_input import INPUT_CHECKS, PixelRangeWarning, check_pixel_batch, check_pixel_values, input_check_mode

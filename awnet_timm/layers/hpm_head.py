@@ -19,11 +19,15 @@ is fine-tuned briefly on an adversarially trained backbone. Everything else is o
 - FC supervision: in training the FC also receives the loss's gradient on the l2 logits, as if it had
   produced them (`logits + fc - sg(fc)`: the forward is unchanged). With only the STE reaching it, the FC
   drifted during fine-tuning and collapsed to one class in our digits run (and the head with it).
-- Eval mode classifies each sample as a batch of one, so the output does not depend on the batch:
-  `c_k = mu_k + (1 - alpha) a_ik (z_i - mu_k)`, i.e. `logits_ik = -scale (1 - (1 - alpha) a_ik)^2 ||z_i - mu_k||^2`
-  (a test holds this equal to the training formula on a batch of one).
-- `mode` gives the differentiable surrogates the Mixed Surrogate Attack needs: 'fc' (the FC logits) and
-  'soft' (the l2 head without the STE: `a = softmax(FC(z))` in the forward too); 'hpm' is the head itself.
+- Eval mode is the training head at an unbounded batch, as BatchNorm's running statistics are: a class's
+  batch-level prototype is then its expected value, the mean feature of the class as the FC predicts it,
+  which the dataset-level prototype mu_k tracks (its EMA). So `c_k = mu_k` and `logits_ik = -scale ||z_i - mu_k||^2`:
+  batch-independent, and equal to the training formula whenever the batch's class means are the prototypes
+  (a test holds them equal at momentum 0). The FC and the STE are training devices: the evaluated head is the
+  l2 head, differentiable, so white-box attacks see its true gradient. (A sample that formed its own batch,
+  our first rule, put itself in its FC class's prototype and the head gave the FC's prediction.)
+- `mode='fc'` gives the FC logits: the differentiable surrogate the Mixed Surrogate Attack transfers from;
+  'hpm' is the head itself.
 - Defaults: alpha (`stable_weight`) 0.5, EMA momentum m 0.9 (BatchNorm's running-statistics rate),
   scale 0.1 (with scale 1 the l2 logits' gradients, about 10x an FC's, wrecked the backbone in a digits
   fine-tune at lr 0.01; at 0.1 and 0.02 it kept its accuracy).
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 
 __all__ = ['HPMHead', 'HPM_MODES']
 
-HPM_MODES = ('hpm', 'fc', 'soft')
+HPM_MODES = ('hpm', 'fc')
 
 
 def _squared_distances(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -77,7 +81,7 @@ class HPMHead(nn.Linear):
         self.register_buffer('initialized', torch.zeros(num_classes, dtype=torch.bool, device=device))
 
     def set_mode(self, mode: str):
-        """'hpm' (the head), 'fc' (its FC logits) or 'soft' (the l2 head without the STE): the latter two are surrogates."""
+        """'hpm' (the head) or 'fc' (its FC logits, a surrogate for transfer attacks)."""
         if mode not in HPM_MODES:
             raise ValueError(f"unknown HPM mode '{mode}': expected one of {', '.join(HPM_MODES)}")
         self.mode = mode
@@ -97,19 +101,17 @@ class HPMHead(nn.Linear):
         if self.mode == 'fc':
             return fc
         z = x.float()
+        mu = self.prototypes.float()
+        if not self.training:  # the batch-level prototypes' expected value is mu: c_k = mu_k
+            return (-self.scale * _squared_distances(z, mu)).to(fc.dtype)
         p = F.softmax(fc.float(), dim=1)
         onehot = F.one_hot(fc.argmax(1), self.out_features).float()
-        a = p if self.mode == 'soft' else onehot + p - p.detach()  # STE: hard forward, softmax backward
-        if self.training:
-            self._update_prototypes(z.detach(), onehot)
+        a = onehot + p - p.detach()  # STE: hard forward, softmax backward
+        self._update_prototypes(z.detach(), onehot)
         mu = self.prototypes.float()
-        keep = 1 - self.stable_weight
-        if not self.training:  # each sample is its own batch: c_k = mu_k + (1 - alpha) a_ik (z_i - mu_k)
-            dist = _squared_distances(z, mu)
-            return (-self.scale * (1 - keep * a).pow(2) * dist).to(fc.dtype)
         counts = onehot.sum(0)
         batch = (a.T @ z) / counts.clamp(min=1)[:, None]
-        mixed = mu + keep * (counts > 0).float()[:, None] * (batch - mu)
+        mixed = mu + (1 - self.stable_weight) * (counts > 0).float()[:, None] * (batch - mu)
         logits = -self.scale * _squared_distances(z, mixed)
         # the FC gets the loss's gradient on these logits as if it had made them (the forward is unchanged)
         return (logits + (fc.float() - fc.float().detach())).to(fc.dtype)

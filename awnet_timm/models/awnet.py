@@ -38,7 +38,7 @@ from ..layers import AdversarialRouter, AWStage, ConvNormAct, HPMHead, RouterOut
     check_pixel_values, input_check_mode
 from .pretrained import check_weights_fit, explain_load_errors, may_be_served
 
-__all__ = ['AWNet', 'ROUTES', 'use_route', 'PUBLISHED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES']
+__all__ = ['AWNet', 'ROUTES', 'use_route', 'PUBLISHED_WEIGHTS', 'RELEASED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES']
 
 ROUTES = ('auto', 'clean', 'adv', 'detach')
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -48,6 +48,9 @@ CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog
 # `arch.tag` names whose weights are on the Hub. A tag with an hf_hub_id that is not listed here is
 # planned but unpublished, and `pretrained=True` fails at once with a message saying so.
 PUBLISHED_WEIGHTS: Set[str] = set()
+# `arch.tag` names whose weights are released in this repository (hub/releases, listed in its README.md with
+# their sha256 and commit; `awnet mirror hub/releases` serves them) but not yet uploaded to the Hub.
+RELEASED_WEIGHTS: Set[str] = set()
 
 
 def _check_route(route: str) -> None:
@@ -85,8 +88,9 @@ class AWNet(nn.Module):
         beta: Exponent of the signal heads, Eq. 19.
         signal_init: 'zeros' (omega = 1 at init) or 'default'.
         norm_mean, norm_std: Input normalization applied inside the model.
-        input_check: When eager calls check that inputs are finite pixels in [0, 1]: 'first' (the first
-            batch, one host sync), 'always' (every batch) or 'off'.
+        input_check: How eager calls check that inputs are finite pixels in [0, 1]: 'warn' (the first batch,
+            one host sync, a PixelRangeWarning if it fails), 'error' (raise, until a batch passes), 'always'
+            (every batch, raise) or 'off' (layers/pixel_input.py).
         head: Classifier: 'fc' (nn.Linear) or 'hpm' (an FC plus the HPM l2-reclassifier, layers/hpm_head.py).
         head_args: Arguments of the HPM head (stable_weight, momentum, scale).
         act_layer, norm_layer: Activation and BatchNorm classes (or timm names).
@@ -114,7 +118,7 @@ class AWNet(nn.Module):
             signal_init: str = 'zeros',
             norm_mean: Sequence[float] = CIFAR10_MEAN,
             norm_std: Sequence[float] = CIFAR10_STD,
-            input_check: str = 'first',
+            input_check: str = 'warn',
             head: str = 'fc',
             head_args: Optional[Dict[str, Any]] = None,
             act_layer: LayerType = nn.ReLU,
@@ -124,6 +128,10 @@ class AWNet(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
+        for what, depths, widths in (('', layers, channels), ('router_', router_layers, router_channels)):
+            if len(depths) != len(widths):  # zip() would silently build fewer stages than asked for
+                raise ValueError(f'{what}layers {list(depths)} and {what}channels {list(widths)} must have one entry per '
+                                 f'stage each, got {len(depths)} and {len(widths)}')
         self.set_input_check(input_check)
         act_layer = get_act_layer(act_layer)
         norm_layer = get_norm_layer(norm_layer)
@@ -186,7 +194,7 @@ class AWNet(nn.Module):
 
     @torch.jit.ignore
     def set_input_check(self, mode: str):
-        """How often eager calls check that inputs are finite pixels in [0, 1]: 'first', 'always' or 'off'."""
+        """How eager calls check that inputs are finite pixels in [0, 1]: 'warn', 'error', 'always' or 'off'."""
         self.input_check = input_check_mode(mode)
         self.input_checked = False
 
@@ -413,11 +421,17 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 
 
 HUB_ORG = 'awnet-timm'
+QUARTER_WIDTHS = (16, 32, 64, 128)
 
 default_cfgs = generate_default_cfgs({
     'awnet_r18.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/awnet_r18.mtard_cifar10'),
     'awnet_r34.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/awnet_r34.mtard_cifar10'),
     'cifar_resnet18.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/cifar_resnet18.mtard_cifar10', first_conv='stem.conv'),
+    # CPU-sized compact models (timm's width suffix: _025 = a quarter of every width), trained on 2 CPU cores
+    'awnet_r18_025.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/awnet_r18_025.mtard_cifar10'),
+    'cifar_resnet18_025.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/cifar_resnet18_025.mtard_cifar10', first_conv='stem.conv'),
+    'cifar_resnet18_025.pgd_at_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/cifar_resnet18_025.pgd_at_cifar10', first_conv='stem.conv'),
+    'cifar_resnet18_025.standard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/cifar_resnet18_025.standard_cifar10', first_conv='stem.conv'),
     'cifar_resnet34.untrained': _cfg(first_conv='stem.conv'),
     'cifar_resnet56.untrained': _cfg(first_conv='stem.conv', pool_size=(8, 8)),
 })
@@ -443,8 +457,17 @@ def _resolve_cfg(variant: str, kwargs: Dict[str, Any], pretrained: bool) -> Pret
             f"Use pretrained=False for a randomly initialised model, or load local weights: an export folder with "
             f"timm.create_model('local-dir:path/to/folder', pretrained=True), or a file with "
             f"pretrained=True, pretrained_cfg_overlay=dict(file='path/to/model.safetensors'), or serve a folder of "
-            f"release folders with `awnet mirror FOLDER` and set HF_ENDPOINT to it before Python starts.")
+            f"release folders with `awnet mirror FOLDER` and set HF_ENDPOINT to it before Python starts."
+            + _released_hint())
     return cfg
+
+
+def _released_hint() -> str:
+    released = sorted(RELEASED_WEIGHTS | PUBLISHED_WEIGHTS)
+    if not released:
+        return ''
+    return (f" Trained weights exist for: {', '.join(released)} (CPU-sized compact models; in this repository's "
+            f"hub/releases, served by `awnet mirror hub/releases`).")
 
 
 def _fill_hpm_state(fits, state_dict: Dict[str, torch.Tensor], model: AWNet) -> Dict[str, torch.Tensor]:
@@ -485,10 +508,24 @@ def awnet_r34(pretrained: bool = False, **kwargs: Any) -> AWNet:
 
 
 @register_model
+def awnet_r18_025(pretrained: bool = False, **kwargs: Any) -> AWNet:
+    """AW-Net at a quarter of the widths (16-32-64-128), its router likewise (as AW-Net's equals its classifier)."""
+    model_args = dict(layers=(2, 2, 2, 2), channels=QUARTER_WIDTHS, router_channels=QUARTER_WIDTHS)
+    return _create_awnet('awnet_r18_025', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
 def cifar_resnet18(pretrained: bool = False, **kwargs: Any) -> AWNet:
     """Static CIFAR ResNet-18 (3x3 stem, no max-pool): AW-Net's baseline."""
     model_args = dict(layers=(2, 2, 2, 2), mix_bn=False, modulate=False)
     return _create_awnet('cifar_resnet18', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def cifar_resnet18_025(pretrained: bool = False, **kwargs: Any) -> AWNet:
+    """Static CIFAR ResNet-18 at a quarter of the widths (16-32-64-128): awnet_r18_025's baseline and teachers."""
+    model_args = dict(layers=(2, 2, 2, 2), channels=QUARTER_WIDTHS, mix_bn=False, modulate=False)
+    return _create_awnet('cifar_resnet18_025', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

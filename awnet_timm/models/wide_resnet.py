@@ -85,7 +85,9 @@ class WideResNet(nn.Module):
         drop_path_rate: Stochastic depth, linearly increasing over the blocks.
         stem_chs: Width of the stem conv.
         norm_mean, norm_std: Input normalization applied inside the model.
-        input_check: When eager calls check that inputs are finite pixels in [0, 1]: 'first', 'always' or 'off'.
+        input_check: How eager calls check that inputs are finite pixels in [0, 1]: 'warn' (the first batch,
+            one host sync, a PixelRangeWarning if it fails), 'error' (raise, until a batch passes), 'always'
+            (every batch, raise) or 'off' (layers/pixel_input.py).
         act_layer, norm_layer: Activation and BatchNorm classes (or timm names).
     """
 
@@ -102,7 +104,7 @@ class WideResNet(nn.Module):
             stem_chs: int = 16,
             norm_mean: Sequence[float] = CIFAR10_MEAN,
             norm_std: Sequence[float] = CIFAR10_STD,
-            input_check: str = 'first',
+            input_check: str = 'warn',
             act_layer: LayerType = nn.ReLU,
             norm_layer: LayerType = nn.BatchNorm2d,
             device=None,
@@ -184,7 +186,7 @@ class WideResNet(nn.Module):
 
     @torch.jit.ignore
     def set_input_check(self, mode: str):
-        """How often eager calls check that inputs are finite pixels in [0, 1]: 'first', 'always' or 'off'."""
+        """How eager calls check that inputs are finite pixels in [0, 1]: 'warn', 'error', 'always' or 'off'."""
         self.input_check = input_check_mode(mode)
         self.input_checked = False
 

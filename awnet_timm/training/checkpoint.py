@@ -25,7 +25,7 @@ from ..utils import atomic_write
 
 __all__ = [
     'CheckpointError', 'save_weights', 'load_weights_file', 'resolve_weights_path', 'nonfinite_tensors',
-    'save_train_state', 'load_train_state', 'create_model_with_weights', 'run_model_kwargs',
+    'save_train_state', 'load_train_state', 'read_train_state_meta', 'create_model_with_weights', 'run_model_kwargs',
 ]
 
 
@@ -158,6 +158,8 @@ def create_model_with_weights(
     cfg = timm.models.get_pretrained_cfg(name.split(':')[-1]) if not name.startswith('hf-hub:') else None
     classifier = (cfg.classifier if cfg is not None else None) or 'head'
     classifier = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    if kwargs.get('head') == 'fc':  # an HPM head asked to be a plain FC keeps its FC weights, not its prototypes
+        state = {k: v for k, v in state.items() if k not in (f'{classifier}.prototypes', f'{classifier}.initialized')}
     head = state.get(f'{classifier}.weight')
     overlay = dict(state_dict=state)
     if head is not None:
@@ -199,19 +201,27 @@ def save_train_state(
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={'awnet_train_state': json.dumps(meta)}))
 
 
-def load_train_state(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Dict[str, Any]], Dict[str, torch.Tensor], Dict[str, Any]]:
-    """(model state, optimizer state dict, extra tensors, meta) of a file written by `save_train_state`."""
+def read_train_state_meta(path: str) -> Dict[str, Any]:
+    """The JSON metadata of a file written by `save_train_state` (epoch, scheduler, ...), without reading its tensors."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no training state at '{path}': expected a run directory holding last.state.safetensors")
     try:
         with safe_open(path, 'pt') as f:
             metadata = f.metadata() or {}
-        tensors = load_file(path)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"'{path}' is not a readable safetensors file ({e}): truncated or corrupt?") from None
     if 'awnet_train_state' not in metadata:
         raise CheckpointError(f"'{path}' is a safetensors file but not a training state of awnet train")
-    meta = json.loads(metadata['awnet_train_state'])
+    return json.loads(metadata['awnet_train_state'])
+
+
+def load_train_state(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Dict[str, Any]], Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(model state, optimizer state dict, extra tensors, meta) of a file written by `save_train_state`."""
+    meta = read_train_state_meta(path)
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"'{path}' is not a readable safetensors file ({e}): truncated or corrupt?") from None
     model_state, extra, opt_state = {}, {}, {}
     for key, value in tensors.items():
         group, rest = key.split('.', 1)

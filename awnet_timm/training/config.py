@@ -15,12 +15,15 @@ from typing import Any, Dict, Optional, Tuple
 import timm
 
 from ..data import DATASETS, held_out_split
+from ..models import AWNet
 
 __all__ = ['TrainConfig', 'RECIPES', 'ConfigError']
 
 RECIPES = ('mtard', 'pgd_at', 'trades', 'standard', 'arat')
 _PRECISIONS = ('auto', 'fp32', 'bf16')
 _ATTACK_STARTS = ('uniform', 'normal', 'none')
+ATTACK_BN_MODES = ('eval', 'train')
+KL_REDUCTIONS = ('mean', 'batchmean')
 TRAINING_ATTACKS = ('pgd', 'nfgsm')
 SCHEDULES = ('multistep', 'cosine', 'linear', 'onecycle')
 
@@ -44,6 +47,14 @@ def _check_model_name(option: str, name: str):
         raise ConfigError(f"unknown {option} '{name}': not a timm model"
                           + (f" (did you mean {', '.join(close)}?)" if close else '')
                           + ' (`import awnet_timm` registers awnet_r18/r34, cifar_resnet18/34/56, cifar_wrn34_10/28_10)')
+
+
+def _is_awnet_family(name: str) -> bool:
+    """A registered awnet_* / cifar_resnet* architecture (an AWNet); hf-hub: and local-dir: names count (checked when built)."""
+    if name.startswith(('hf-hub:', 'local-dir:')):
+        return True
+    arch = name.split('.')[0]
+    return timm.is_model(arch) and timm.models.model_entrypoint(arch).__module__ == AWNet.__module__
 
 
 @dataclass
@@ -81,12 +92,16 @@ class TrainConfig:
     weight_decay: float = _f(2e-4, 'weight decay (all parameters, as the paper and MTARD apply it)')
     decay_milestones: Tuple[int, ...] = _f((75, 90), 'epochs (1-based) from which the lr is divided by --decay-rate')
     decay_rate: float = _f(0.1, 'lr factor at each milestone')
-    warmup_epochs: int = _f(0, 'linear lr warm-up epochs')
+    warmup_epochs: int = _f(0, 'linear lr warm-up epochs, from lr/100 up to --lr, before the schedule and part of --epochs '
+                               '(the decay of cosine and linear runs over the epochs after it; multistep milestones stay '
+                               'absolute epochs and must come after it; onecycle has its own warm-up)')
     sched: str = _f('multistep', "lr schedule: 'multistep' (the paper's: --decay-milestones, per epoch), 'cosine' or "
                                  "'linear' (to zero), or 'onecycle' (linear up to --lr over --onecycle-peak of the steps, "
                                  "then linear to zero); all but multistep set the lr at every step")
     onecycle_peak: float = _f(0.25, "fraction of the training steps over which 'onecycle' rises to --lr")
-    label_smoothing: float = _f(0.0, 'label smoothing of the cross-entropy of the standard and pgd_at recipes')
+    label_smoothing: float = _f(0.0, 'label smoothing of the cross-entropy terms: standard, pgd_at, trades (its clean CE; '
+                                     'the KL term and the attack are unchanged) and arat (both CE terms); mtard has no '
+                                     'cross-entropy to smooth (KL to the teachers) and refuses it')
     eps: float = _f(8 / 255, 'L-inf radius of the training attack, in pixel units')
     attack_step: float = _f(2 / 255, 'step size of the training attack')
     attack_steps: int = _f(10, 'PGD steps of the training attack')
@@ -97,9 +112,15 @@ class TrainConfig:
                             "x + U(-k eps, k eps), k = --nfgsm-noise, not projected back onto the eps-ball)")
     nfgsm_noise: float = _f(2.0, "N-FGSM's noise half-width k, in multiples of eps (the paper's 2)")
     nfgsm_step: Optional[float] = _f(None, "N-FGSM's step alpha (default: eps, the paper's)")
+    attack_bn: str = _f('eval', "model mode while the training attack runs: 'eval' (BN running statistics, as the MTARD "
+                                "and TRADES code attack) or 'train' (BN batch statistics, and the attack's passes move the "
+                                "running statistics too, as de Jorge et al.'s N-FGSM code attacks); measured in docs/design.md")
     attack_route: str = _f('adv', "AW-Net route while the training attack runs: 'adv' (forced Adv BN, the branch "
                                   "x_adv trains) or 'auto' (the router decides)")
     tau: float = _f(1.0, "MTARD's student temperature (1 for CIFAR-10, 5 for CIFAR-100)")
+    kl_reduction: str = _f('mean', "MTARD's distillation KL: 'mean' (MTARD's code: averaged over batch x classes, a "
+                                   "1/classes scale of the per-sample KL) or 'batchmean' (summed over classes, averaged "
+                                   "over the batch: the per-sample KL; the zoo's CPU plan, measured in docs/design.md)")
     eta: float = _f(0.025, "MTARD's adaptive teacher-weight step (decays with the lr)")
     type_loss_weight: float = _f(1.0, "weight of the router's type loss")
     trades_beta: float = _f(6.0, "TRADES's robust-term weight (1/lambda)")
@@ -142,6 +163,10 @@ class TrainConfig:
             raise ConfigError(f"unknown precision '{self.precision}': expected one of {', '.join(_PRECISIONS)}")
         if self.attack_start and self.attack_start not in _ATTACK_STARTS:
             raise ConfigError(f"unknown attack_start '{self.attack_start}': expected one of {', '.join(_ATTACK_STARTS)}")
+        if self.attack_bn not in ATTACK_BN_MODES:
+            raise ConfigError(f"unknown attack_bn '{self.attack_bn}': expected one of {', '.join(ATTACK_BN_MODES)}")
+        if self.kl_reduction not in KL_REDUCTIONS:
+            raise ConfigError(f"unknown kl_reduction '{self.kl_reduction}': expected one of {', '.join(KL_REDUCTIONS)}")
         if self.attack_route not in ('adv', 'auto'):
             raise ConfigError(f"attack_route must be 'adv' or 'auto', got '{self.attack_route}'")
         for name in ('epochs', 'batch_size', 'attack_steps', 'val_attack_steps', 'log_interval'):
@@ -179,6 +204,9 @@ class TrainConfig:
                               f"(e.g. ../shared/data/cifar10 for cifar10-offline, the folder holding train/ and val/ for imagefolder)")
         for name in ('model', 'teacher_nat', 'teacher_adv'):
             _check_model_name(name, getattr(self, name))
+        if self.head and not _is_awnet_family(self.model):
+            raise ConfigError(f"head '{self.head}' is a classifier option of the awnet_* / cifar_resnet* models; "
+                              f"'{self.model}' has its own classifier: drop --head")
         if self.attack not in TRAINING_ATTACKS:
             raise ConfigError(f"unknown attack '{self.attack}': expected one of {', '.join(TRAINING_ATTACKS)}")
         if self.sched not in SCHEDULES:
@@ -187,6 +215,18 @@ class TrainConfig:
             raise ConfigError(f'onecycle_peak is a fraction of the steps in (0, 1), got {self.onecycle_peak}')
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
+        if self.label_smoothing and self.recipe == 'mtard':
+            raise ConfigError(f'label_smoothing {self.label_smoothing} has nothing to act on in recipe mtard: its loss is '
+                              f'KL to the teachers\' soft labels, with no cross-entropy on the labels: set it to 0')
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ConfigError(f'warmup_epochs {self.warmup_epochs} leaves no epoch of the schedule out of {self.epochs}')
+        if self.warmup_epochs and self.sched == 'onecycle':
+            raise ConfigError(f"sched 'onecycle' rises over its own warm-up (--onecycle-peak {self.onecycle_peak} of the "
+                              f"steps): give warmup_epochs 0 with it, not {self.warmup_epochs}")
+        if self.warmup_epochs and self.sched == 'multistep' and any(m <= self.warmup_epochs + 1 for m in self.decay_milestones):
+            raise ConfigError(f'decay_milestones {tuple(self.decay_milestones)} decay the lr by epoch {self.warmup_epochs + 1}, '
+                              f'the first after the {self.warmup_epochs}-epoch warm-up, so the lr never reaches --lr: '
+                              f'give milestones from epoch {self.warmup_epochs + 2} on (they are absolute epochs)')
         if self.nfgsm_noise < 0 or (self.nfgsm_step is not None and not 0 < self.nfgsm_step <= 0.5):
             raise ConfigError(f'nfgsm_noise must be >= 0 and nfgsm_step in (0, 0.5] (pixel units), got '
                               f'{self.nfgsm_noise} and {self.nfgsm_step}')

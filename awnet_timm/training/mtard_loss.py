@@ -5,7 +5,8 @@ MTARD: Zhao et al., `Enhanced Accuracy and Robustness via Multi-Teacher Adversar
 `L = BCE(P_type, type) + w_nat * KL(S(x_nat) || T_nat(x_nat)) + w_adv * KL(S(x_adv) || T_adv(x_adv))`.
 
 - KL convention of MTARD's code: `p_T * (log(p_T + 1e-5) - log_softmax(z_S / tau))`, averaged over
-  batch x classes; the temperature tau applies to the student.
+  batch x classes; the temperature tau applies to the student. `reduction='batchmean'` sums it over the classes
+  instead (the per-sample KL: 10x for CIFAR-10), which short CPU runs need (docs/design.md).
 - Type loss: binary cross-entropy of P(clean) against the batch type (clean = 1), which for the
   2-way softmax type head is cross-entropy on its [adversarial, clean] logits.
 - Adaptive weights: w_nat = w_adv = 0.5 at the start; each step the two KL losses are normalised by
@@ -21,11 +22,18 @@ import torch.nn.functional as F
 __all__ = ['distill_kl', 'type_loss', 'AdaptiveTeacherWeights']
 
 
-def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """MTARD's KL(teacher || tempered student), mean over batch x classes."""
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0,
+               reduction: str = 'mean') -> torch.Tensor:
+    """MTARD's KL(teacher || tempered student): 'mean' over batch x classes (MTARD's code), or 'batchmean' (summed
+    over classes, mean over the batch: the per-sample KL, classes times larger)."""
     p_teacher = F.softmax(teacher_logits.float(), dim=1)
     log_student = F.log_softmax(student_logits.float() / tau, dim=1)
-    return (p_teacher * (torch.log(p_teacher + 1e-5) - log_student)).mean()
+    kl = p_teacher * (torch.log(p_teacher + 1e-5) - log_student)
+    if reduction == 'mean':
+        return kl.mean()
+    if reduction == 'batchmean':
+        return kl.sum(1).mean()
+    raise ValueError(f"reduction must be 'mean' or 'batchmean', got {reduction!r}")
 
 
 def type_loss(type_logits: torch.Tensor, is_clean: bool) -> torch.Tensor:

@@ -16,6 +16,9 @@ path trains AW-Net and its static baseline.
 - `standard`: cross-entropy on clean inputs (clean teachers; AW-Net trains only its Clean BN).
 - `arat`: ARAT (Waseda et al., ICLR 2025): w_adv CE(x_adv) through the Adv BN + w_nat CE(x_nat) through the
   Clean BN + gamma * asymmetric invariance loss (training/arat.py); split-BN students only.
+--label-smoothing smooths every cross-entropy on the labels (standard, pgd_at, trades's CE(x_nat), arat's two);
+the attacks and TRADES's KL keep the hard labels / the model's own prediction; mtard has no such term and
+refuses it (TrainConfig.validate).
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -91,14 +94,13 @@ class Recipe:
         self.model = model
         self.forward = forward
         self.dynamic = is_dynamic(model)
-        route = cfg.attack_route if self.dynamic else None
+        common = dict(loss=self.attack_loss, route=cfg.attack_route if self.dynamic else None, check_range=False,
+                      train_mode=cfg.attack_bn == 'train')
         if cfg.attack == 'nfgsm':  # one step from a noisy start, no projection (de Jorge et al. 2022)
-            self.attack = NFGSM(model, eps=cfg.eps, step_size=cfg.nfgsm_step, noise=cfg.nfgsm_noise, loss=self.attack_loss,
-                                route=route, check_range=False)
+            self.attack = NFGSM(model, eps=cfg.eps, step_size=cfg.nfgsm_step, noise=cfg.nfgsm_noise, **common)
         else:
-            self.attack = LinfPGD(
-                model, eps=cfg.eps, step_size=cfg.attack_step, steps=cfg.attack_steps, loss=self.attack_loss,
-                random_start=cfg.resolved_attack_start, route=route, check_range=False)
+            self.attack = LinfPGD(model, eps=cfg.eps, step_size=cfg.attack_step, steps=cfg.attack_steps,
+                                  random_start=cfg.resolved_attack_start, **common)
 
     def state_module(self) -> Optional[nn.Module]:
         """Recipe state saved with checkpoints (MTARD's teacher weights), if any."""
@@ -171,7 +173,7 @@ class TRADES(Recipe):
     def loss(self, x, y):
         x_adv = self.attack.perturb(x, y)
         nat, adv, type_nat, type_adv = self._routes(x, x_adv)
-        natural = F.cross_entropy(nat, y)
+        natural = F.cross_entropy(nat, y, label_smoothing=self.cfg.label_smoothing)
         robust = F.kl_div(F.log_softmax(adv.float(), 1), F.softmax(nat.float(), 1), reduction='batchmean')
         task = natural + self.cfg.trades_beta * robust
         metrics = {'loss_task': task.detach(), 'loss_robust': robust.detach(),
@@ -201,7 +203,8 @@ class MTARD(Recipe):
         with torch.no_grad():
             t_nat, t_adv = self.teacher_nat(x), self.teacher_adv(x_adv)
         nat, adv, type_nat, type_adv = self._routes(x, x_adv)
-        kl_nat, kl_adv = distill_kl(nat, t_nat, self.cfg.tau), distill_kl(adv, t_adv, self.cfg.tau)
+        kl_nat = distill_kl(nat, t_nat, self.cfg.tau, self.cfg.kl_reduction)
+        kl_adv = distill_kl(adv, t_adv, self.cfg.tau, self.cfg.kl_reduction)
         task = self.weights.loss(kl_nat, kl_adv)
         self._kl = (kl_nat.detach(), kl_adv.detach())
         metrics = {'loss_task': task.detach(), 'kl_nat': kl_nat.detach(), 'kl_adv': kl_adv.detach(),
@@ -298,7 +301,8 @@ class ARAT(Recipe):
         n = len(self.sites.dims)
         invariance = self.state.invariance(z[n:2 * n], z[:n])  # the forward ran x_nat first, then x_adv
         w_adv, w_nat = self.weights()
-        ce_adv, ce_nat = F.cross_entropy(adv, y), F.cross_entropy(nat, y)
+        smoothing = self.cfg.label_smoothing
+        ce_adv, ce_nat = F.cross_entropy(adv, y, label_smoothing=smoothing), F.cross_entropy(nat, y, label_smoothing=smoothing)
         task = w_adv * ce_adv + w_nat * ce_nat + self.cfg.arat_gamma * invariance
         with torch.no_grad():
             self.state.correct += (nat.argmax(1) == y).sum()

@@ -7,6 +7,12 @@ SGD step, MTARD weight update; then clean and PGD accuracy on the held-out set, 
 Exact resume: a run's randomness is re-seeded from (seed, epoch, rank) at every epoch boundary and the
 data order is a function of (seed, epoch), so restoring model, optimizer, scheduler and MTARD weights
 at an epoch boundary continues the run bit for bit (on a deterministic device).
+A resume may change `epochs` (continue a run stopped by --max-minutes to more epochs, or extend a finished
+one) and move multistep milestones that lie ahead of it: the lr scheduler is then rebuilt for the new
+schedule and the run continues at its current step, whose lr jumps to the new schedule's value there
+(cosine, linear and onecycle stretch to the new length; multistep milestones are absolute epochs, so
+more epochs alone change no lr: the added epochs run at the lr after the last milestone). The change is
+printed, kept in the training state (`schedule_changes`) and noted in the first log record after it.
 
 Under `torchrun` every rank trains on its shard of each batch in DistributedDataParallel; metrics are
 averaged over ranks and only rank 0 writes files.
@@ -35,8 +41,8 @@ from ..attacks import LinfPGD
 from ..data import DeviceLoader, ImageTensors, load_dataset
 from ..utils import atomic_write_text, resolve_device
 from .checkpoint import (
-    CheckpointError, create_model_with_weights, load_train_state, nonfinite_tensors, run_model_kwargs, save_train_state,
-    save_weights)
+    CheckpointError, create_model_with_weights, load_train_state, nonfinite_tensors, read_train_state_meta, run_model_kwargs,
+    save_train_state, save_weights)
 from .config import ConfigError, TrainConfig
 from .recipes import TrainForward, create_recipe, is_dynamic, train_step
 from .schedules import create_lr_scheduler
@@ -44,7 +50,8 @@ from .teachers import load_teacher
 
 __all__ = ['train', 'TrainResult', 'evaluate', 'create_train_optimizer', 'fixed_batch_step', 'load_run_config', 'RESUMABLE_CHANGES', 'DivergenceError', 'RunInterrupted']
 
-# fields a resumed run may change: they do not alter what the run computes
+# fields a resumed run may change: they do not alter what the run computed so far (a changed `epochs` rebuilds
+# the lr schedule for the new length from the current step on)
 RESUMABLE_CHANGES = ('resume', 'max_minutes', 'progress', 'log_interval', 'epochs', 'device', 'output', 'data_dir')
 
 
@@ -169,13 +176,24 @@ def _resolve_run_dir(cfg: TrainConfig) -> Tuple[str, Optional[str]]:
     return run_dir, None
 
 
-def _check_resumable(cfg: TrainConfig, saved: TrainConfig):
-    changed = [f.name for f in dataclasses.fields(cfg)
-               if f.name not in RESUMABLE_CHANGES and getattr(cfg, f.name) != getattr(saved, f.name)]
+def _check_resumable(cfg: TrainConfig, saved: TrainConfig, epochs_done: int):
+    changed = [f.name for f in dataclasses.fields(cfg) if f.name not in RESUMABLE_CHANGES + ('decay_milestones',)
+               and getattr(cfg, f.name) != getattr(saved, f.name)]
+
+    def taken(milestones):  # milestone m divides the lr from epoch m (1-based): these shaped the epochs done
+        return [m for m in milestones if m <= epochs_done]
+    if taken(cfg.decay_milestones) != taken(saved.decay_milestones):
+        changed.append('decay_milestones')
     if changed:
         diffs = ', '.join(f'{k}: saved {getattr(saved, k)!r}, given {getattr(cfg, k)!r}' for k in changed)
         raise ConfigError(f'resume must continue the same run, but the config differs ({diffs}); only '
-                          f'{", ".join(RESUMABLE_CHANGES)} may change')
+                          f'{", ".join(RESUMABLE_CHANGES)} may change, and decay_milestones after the '
+                          f'{epochs_done} epoch(s) done')
+
+
+def _schedule(cfg: TrainConfig) -> Dict[str, Any]:
+    """What the lr scheduler's shape depends on that a resume may change."""
+    return {'epochs': cfg.epochs, 'decay_milestones': list(cfg.decay_milestones)}
 
 
 def _load_data(cfg: TrainConfig, d: _Dist) -> Tuple[ImageTensors, Optional[ImageTensors]]:
@@ -195,13 +213,23 @@ def _load_data(cfg: TrainConfig, d: _Dist) -> Tuple[ImageTensors, Optional[Image
 
 
 def _with_built_model_kwargs(cfg: TrainConfig) -> TrainConfig:
-    """The config with the model arguments the model is built with: those of the --pretrained run, then the given ones."""
+    """The config with the model arguments the model is built with: those of the --pretrained run, then the given ones.
+
+    A --head given here replaces the pretrained run's head (its FC weights load into either head).
+    """
     inherited = run_model_kwargs(cfg.pretrained)
+    if cfg.head and inherited.get('head', cfg.head) != cfg.head:
+        inherited = dict(inherited, head=cfg.head)
     return dataclasses.replace(cfg, model_kwargs={**inherited, **cfg.model_kwargs}) if inherited else cfg
 
 
 def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    model = create_model_with_weights(cfg.model, cfg.pretrained, num_classes, **cfg.model_args())
+    try:
+        model = create_model_with_weights(cfg.model, cfg.pretrained, num_classes, **cfg.model_args())
+    except TypeError as e:  # a model argument this architecture does not take (--model-kwargs, --head, --beta)
+        if 'unexpected keyword argument' not in str(e):
+            raise
+        raise ConfigError(f"model '{cfg.model}' does not take the arguments {cfg.model_args()}: {e}") from None
     if cfg.freeze_router and getattr(model, 'router', None) is None:
         raise ConfigError(f"freeze_router needs a model with a router; '{cfg.model}' has none")
     return model
@@ -329,8 +357,10 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
     cfg = _with_built_model_kwargs(cfg.validate())
     d = _Dist(cfg.device)
     run_dir, resume_state = _resolve_run_dir(cfg)
+    saved = None
     if resume_state is not None:
-        _check_resumable(cfg, load_run_config(run_dir))
+        saved = load_run_config(run_dir)
+        _check_resumable(cfg, saved, read_train_state_meta(resume_state)['epoch'])
     autocast = cfg.precision == 'bf16' or (cfg.precision == 'auto' and d.device.type == 'cuda')
     if cfg.batch_size % d.world_size:
         raise ConfigError(f'batch_size {cfg.batch_size} does not split over {d.world_size} ranks')
@@ -372,7 +402,7 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
     val_loader = DeviceLoader(val_data, cfg.batch_size // d.world_size, train=False, **loader_args) if val_data is not None else None
     scheduler = create_lr_scheduler(cfg, optimizer, len(train_loader))
 
-    start_epoch, best = 0, None
+    start_epoch, best, schedule_changes, schedule_was = 0, None, [], None
     if resume_state is not None:
         model_state, opt_state, extra, meta = load_train_state(resume_state)
         try:
@@ -382,8 +412,14 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
             raise CheckpointError(f"'{resume_state}' does not match this model/optimizer: {e}") from None
         if recipe.state_module() is not None:
             recipe.state_module().load_state_dict({k.split('.', 1)[1]: v for k, v in extra.items() if k.startswith('recipe.')})
-        scheduler.load_state_dict(meta['scheduler'])
         start_epoch, best = meta['epoch'], meta.get('best')
+        schedule_changes = meta.get('schedule_changes', [])
+        built_for = meta.get('schedule') or _schedule(saved)  # states written before 'schedule' was saved: the run's config
+        if built_for == _schedule(cfg):
+            scheduler.load_state_dict(meta['scheduler'])  # the same schedule: continue it exactly
+        else:  # keep the scheduler just built for the new schedule: the run follows it from its current step
+            schedule_was = built_for
+            schedule_changes = schedule_changes + [{'epoch': start_epoch, 'from': built_for, 'to': _schedule(cfg)}]
     folder.path, folder.epochs_saved = run_dir, start_epoch
     if d.main:
         folder.created = not os.path.isdir(run_dir)
@@ -394,6 +430,9 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
         print(f'awnet {"finetune" if cfg.pretrained else "train"}: run {run_dir} on {d.device} x{d.world_size}, '
               f'{"bf16" if autocast else "fp32"}, {len(train_data)} train / {len(val_data) if val_data else 0} val images, '
               f'{start}\n{cfg.to_json()}')
+        if schedule_was is not None:
+            print(f'awnet {"finetune" if cfg.pretrained else "train"}: the lr schedule was built for {schedule_was}; rebuilt for {_schedule(cfg)}, it continues '
+                  f'at step {start_epoch * len(train_loader)} (epoch {start_epoch + 1}) of the new schedule')
 
     last, epoch_times, finished = None, [], True
     epoch = start_epoch
@@ -440,13 +479,15 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
             record.update(val_images=int(counts['count']), val_clean_acc=clean, val_pgd_acc=robust,
                           val_w_robust_acc=(clean + robust) / 2)  # W-Robust accuracy, Eq. 23
         record['epoch_seconds'] = time.time() - t_epoch
+        if schedule_was is not None and epoch == start_epoch:
+            record['schedule_was'] = schedule_was  # the lr schedule changed at this epoch (a resume with new epochs)
         is_best = 'val_w_robust_acc' in record and (best is None or record['val_w_robust_acc'] > best['val_w_robust_acc'])
         if is_best:
             best = {k: record[k] for k in ('epoch', 'val_clean_acc', 'val_pgd_acc', 'val_w_robust_acc')}
         last = record
         if d.main:
-            meta = {'epoch': epoch + 1, 'scheduler': scheduler.state_dict(), 'best': best, 'last': record,
-                    'model': cfg.model}
+            meta = {'epoch': epoch + 1, 'scheduler': scheduler.state_dict(), 'schedule': _schedule(cfg),
+                    'schedule_changes': schedule_changes, 'best': best, 'last': record, 'model': cfg.model}
             extra = {f'recipe.{k}': v for k, v in recipe.state_module().state_dict().items()} if recipe.state_module() is not None else {}
             if is_best:
                 save_weights(os.path.join(run_dir, 'best.safetensors'), model, {'epoch': str(epoch + 1), 'model': cfg.model})

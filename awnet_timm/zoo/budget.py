@@ -1,14 +1,19 @@
-""" The budget: a throughput probe of a training stage's real step, and the most whole epochs that fit a share
+""" The budget: a throughput probe of a training stage's real step, the epochs a run has measured, and the most
+whole epochs that fit a share
 
+Before a stage has trained an epoch, its time is estimated by the probe; after, by its own measured epochs
+(`measured_epochs`, from the run's log), which is what holds a time limit on a machine that others load.
 The probe builds the stage's model, teachers and recipe as `train()` does, runs untimed warm-up steps
 (the first one under `torch.utils.flop_counter.FlopCounterMode`, which gives the FLOPs per image of the
 whole step: attack, teachers, student forward and backward), then times `steps` steps between device
 synchronisations, and one per-epoch evaluation batch. Achieved TFLOP/s = FLOPs per image x images/s.
 """
+import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..data import DeviceLoader, ImageTensors
 from ..training import TrainConfig, create_model_with_weights, evaluate, fixed_batch_step
 
-__all__ = ['Probe', 'probe_stage', 'fit_epochs', 'device_name', 'uses_autocast']
+__all__ = ['Probe', 'probe_stage', 'fit_epochs', 'device_name', 'uses_autocast', 'measured_epochs', 'next_epoch_seconds']
 
 
 @dataclass
@@ -117,3 +122,26 @@ def fit_epochs(seconds: float, epoch_seconds: float, setup_seconds: float, max_e
     if epoch_seconds <= 0:
         raise ValueError(f'epoch_seconds must be > 0, got {epoch_seconds}')
     return max(0, min(max_epochs, math.floor((seconds - setup_seconds) / epoch_seconds)))
+
+
+def measured_epochs(run_dir: str) -> List[Dict[str, Any]]:
+    """The epoch records of a run's log.jsonl (epoch, images, epoch_seconds, holdout accuracies), oldest first."""
+    path = os.path.join(run_dir, 'log.jsonl')
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if isinstance(record, dict) and isinstance(record.get('epoch_seconds'), (int, float)):
+                records.append(record)
+    return records
+
+
+def next_epoch_seconds(records: Sequence[Dict[str, Any]], fallback: float) -> float:
+    """The time the next epoch is given: the slowest of the last three measured (a busy machine's slow epochs count)."""
+    recent = [r['epoch_seconds'] for r in records[-3:]]
+    return max(recent) if recent else fallback

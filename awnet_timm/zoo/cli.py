@@ -1,5 +1,7 @@
 """ `awnet zoo run|pack|unpack`: the zoo's subcommands (the logic lives in runner.py and pack.py) """
 import argparse
+import shlex
+import sys
 
 from ..utils import number_arg
 from .plan import list_plans
@@ -11,16 +13,36 @@ _RUN_EPILOG = """\
   awnet zoo run --plan smoke --data-dir ../shared/data/cifar10 --out output/zoo-smoke       # CPU, a few minutes
   awnet zoo run --plan cifar10 --budget-minutes 8 --data-dir .data/cifar10 --out output/zoo  # one GPU window
   awnet zoo run --plan smoke --include student_arat --data-dir ../shared/data/cifar10 --out output/zoo-arat
+  awnet zoo run --plan my-campaign.json --resume --budget-minutes 120 --no-progress --data-dir ../shared/data/cifar10 \
+      --out output/campaign/zoo    # one slice of a campaign plan ("campaign": true); run it again to continue
 Stages, their shares of the budget and their settings are in the plan (awnet_timm/zoo/plans/<name>.json).
 """
+
+
+def _resume_command(args) -> str:
+    """The command that continues this run (what Ctrl-C prints)."""
+    words = ['awnet', 'zoo', 'run', '--plan', args.plan, '--resume', '--data-dir', args.data_dir, '--out', args.out]
+    if args.budget_minutes is not None:
+        words += ['--budget-minutes', f'{args.budget_minutes:g}']
+    words += [w for name in args.include for w in ('--include', name)]
+    words += ['--dataset', args.dataset] if args.dataset else []
+    words += ['--device', args.device] if args.device != 'auto' else []
+    words += [] if args.progress else ['--no-progress']
+    return ' '.join(shlex.quote(w) for w in words)
 
 
 def run_zoo_command(args) -> int:
     from .plan import load_plan
     from .runner import run_zoo
     plan = load_plan(args.plan, dataset=args.dataset, include=args.include)
-    result = run_zoo(plan, args.budget_minutes or plan.budget_minutes, args.data_dir, args.out, device=args.device, resume=args.resume,
-                     progress=args.progress)
+    budget = plan.budget_minutes if args.budget_minutes is None else args.budget_minutes
+    try:
+        result = run_zoo(plan, budget, args.data_dir, args.out, device=args.device, resume=args.resume,
+                         progress=args.progress, redo=args.redo)
+    except KeyboardInterrupt:
+        print(f'\nawnet zoo run: interrupted; the finished epochs are kept: continue with `{_resume_command(args)}`',
+              file=sys.stderr)
+        return 130
     if result.failed:
         print(f"awnet zoo run: stages failed: {', '.join(result.failed)} (see {result.out}/manifest.json)")
         return 1
@@ -63,7 +85,7 @@ def add_zoo_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument('--plan', default='smoke', help=f"plan name ({', '.join(list_plans())}) or a .json plan file (default: %(default)s)")
     r.add_argument('--budget-minutes', type=number_arg, default=None,
-                   help="wall-clock budget of the whole run, minutes (default: the plan's budget_minutes)")
+                   help="wall-clock budget of this run (slice), minutes > 0 (default: the plan's budget_minutes)")
     r.add_argument('--data-dir', required=True, help='dataset root (e.g. ../shared/data/cifar10)')
     r.add_argument('--include', action='append', default=[], metavar='STAGE',
                    help="also run this optional stage of the plan (repeatable); the shipped plans have student_arat, "
@@ -71,7 +93,12 @@ def add_zoo_parser(sub) -> argparse.ArgumentParser:
     r.add_argument('--dataset', default=None, help="override the plan's dataset (e.g. imagefolder with a digits folder)")
     r.add_argument('--out', required=True, help='folder of the run: manifest.json, runs/, eval/, releases/')
     r.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
-    r.add_argument('--resume', action='store_true', help='continue the run in --out, keeping its finished training stages')
+    r.add_argument('--resume', action='store_true',
+                   help='continue the run in --out (another slice): finished stages are kept, stopped ones continue '
+                        'from their last checkpoint')
+    r.add_argument('--redo', action='append', default=[], metavar='STAGE',
+                   help='with --resume: do this stage again from scratch (repeatable; a training stage\'s run is kept '
+                        'aside and the stages trained from it are redone too; evaluate: every model again)')
     r.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bars (default: on)')
     r.set_defaults(func=run_zoo_command)
     k = zoo.add_parser('pack', help='Split a zoo folder\'s results into parts for the trip back, in priority order.')

@@ -55,8 +55,10 @@ def _run_weights(run_dir: str) -> List[Tuple[str, int]]:
     path = os.path.join(run_dir, 'manifest.json')
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        stages = json.load(f).get('stages', {})
+    manifest = read_json(path, PackError, 'zoo manifest')
+    stages = manifest.get('stages') if isinstance(manifest, dict) else None
+    if not isinstance(stages, dict):
+        raise PackError(f"zoo manifest '{path}' is not one written by `awnet zoo run` (expected an object with stages)")
     teachers = {name for s in stages.values() for name in (s.get('teachers') or {}).values()}
     released = {name for s in stages.values() for name in (s.get('folders') or {})}
     found = []
@@ -73,7 +75,7 @@ def pack_order(run_dir: str) -> List[Tuple[str, int]]:
     """(relative path, priority) of the files worth bringing back, most important first."""
     found = []
     for root, dirs, files in os.walk(run_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and '.interrupted-' not in d)
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and '.interrupted-' not in d and '.replaced-' not in d)
         for name in sorted(files):
             rel = os.path.relpath(os.path.join(root, name), run_dir).replace(os.sep, '/')
             if name.startswith('.'):
@@ -101,6 +103,9 @@ def pack_run(run_dir: str, out: str, max_file_mb: float = 15, max_total_mb: floa
     """Write trip 1 of `run_dir`'s results to `out` and the later trips to `rest/trip-K` (default `run_dir/pack-rest`)."""
     if not os.path.isdir(run_dir):
         raise PackError(f"'{run_dir}' is not a folder: expected the --out folder of `awnet zoo run`")
+    rest = rest or os.path.join(run_dir, 'pack-rest')
+    _check_folder(out, 'the parts')
+    _check_folder(rest, 'the later trips')
     max_file, max_total = int(max_file_mb * MB), int(max_total_mb * MB)
     if max_file < 1 or max_files < 2 or max_total < max_file + 64 * 1024:
         raise PackError(f'need max_file_mb > 0, max_files >= 2 and max_total_mb above max_file_mb plus the part manifest; '
@@ -117,33 +122,43 @@ def pack_run(run_dir: str, out: str, max_file_mb: float = 15, max_total_mb: floa
         offset += size
     total = offset
     part_sizes = [min(max_file, total - start) for start in range(0, total, max_file)]
-    pack_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     manifest_bytes = 64 * 1024  # room for the part manifest in every trip (checked below)
     trips = _trips(part_sizes, manifest_bytes, max_total, max_files)
-    rest = rest or os.path.join(run_dir, 'pack-rest')
     folders = {t: out if t == 1 else os.path.join(rest, f'trip-{t}') for t in sorted(set(trips))}
-    parts = []
-    with _Stream(run_dir, files) as stream:
-        for k, (size, trip) in enumerate(zip(part_sizes, trips)):
-            data = stream.read(k * max_file, size)
-            name = f'zoo-part-{k:03d}.bin'
-            atomic_write(os.path.join(folders[trip], name), _writer(data))
-            parts.append({'name': name, 'offset': k * max_file, 'size': size, 'sha256': hashlib.sha256(data).hexdigest(),
-                          'trip': trip})
+    # one pack's parts never pass for another's: the id covers the files and how they were cut
+    layout = {'files': files, 'part_sizes': part_sizes, 'trips': trips}
+    pack_id = hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
+    parts = [{'name': f'zoo-part-{k:03d}.bin', 'offset': k * max_file, 'size': size, 'sha256': '0' * 64, 'trip': trip}
+             for k, (size, trip) in enumerate(zip(part_sizes, trips))]
     manifest = {'pack_version': PACK_VERSION, 'pack_id': pack_id, 'source': os.path.basename(os.path.abspath(run_dir)),
                 'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'max_file_bytes': max_file,
                 'max_total_bytes': max_total, 'total_bytes': total, 'files': files, 'parts': parts,
                 'trips': len(folders)}
+    size = len((json.dumps(manifest, indent=1) + '\n').encode())  # its size is known before any part is written
+    if size > manifest_bytes:
+        raise PackError(f'the part manifest would be {size} bytes ({len(parts)} parts of {len(files)} files), more than '
+                        f'the {manifest_bytes} reserved for it: raise max_file_mb (fewer, larger parts)')
+    with _Stream(run_dir, files) as stream:
+        for part in parts:
+            data = stream.read(part['offset'], part['size'])
+            atomic_write(os.path.join(folders[part['trip']], part['name']), _writer(data))
+            part['sha256'] = hashlib.sha256(data).hexdigest()
     text = json.dumps(manifest, indent=1) + '\n'
-    if len(text.encode()) > manifest_bytes:
-        raise PackError(f'the part manifest is {len(text)} bytes, more than the {manifest_bytes} reserved for it: '
-                        f'too many files in {run_dir}')
     for folder in folders.values():
         atomic_write_text(os.path.join(folder, PACK_MANIFEST), text)
     trip_of = {p['name']: p['trip'] for p in parts}
     left = [f['path'] for f in files if any(trip_of[p['name']] > 1 for p in parts
                                              if p['offset'] < f['offset'] + f['size'] and f['offset'] < p['offset'] + p['size'])]
     return PackResult(manifest, [folders[t] for t in sorted(folders)], left)
+
+
+def _check_folder(path: str, what: str):
+    """Refuse, before anything is written, a destination folder that is a file (or lies under one)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise PackError(f"cannot write {what} to '{path}': '{existing}' is a file, not a folder")
 
 
 def _writer(data: bytes):
@@ -184,20 +199,36 @@ def _load_manifest(folder: str) -> Dict:
     if not os.path.isfile(path):
         raise PackError(f"'{folder}' has no {PACK_MANIFEST}: expected a folder written by `awnet zoo pack`")
     manifest = read_json(path, PackError)
+    if not isinstance(manifest, dict):
+        raise PackError(f"'{path}' is not a part manifest of `awnet zoo pack` (expected a JSON object)")
     if manifest.get('pack_version') != PACK_VERSION:
         raise PackError(f"'{path}' is pack version {manifest.get('pack_version')}, this awnet_timm reads {PACK_VERSION}")
+    fields = {'files': ('path', 'size', 'sha256', 'offset'), 'parts': ('name', 'size', 'sha256', 'offset')}
+    for key, keys in fields.items():
+        entries = manifest.get(key)
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and set(keys) <= set(e) for e in entries):
+            raise PackError(f"'{path}' is not a complete part manifest: '{key}' must list objects with "
+                            f"{', '.join(keys)}")
+    if not isinstance(manifest.get('pack_id'), str):
+        raise PackError(f"'{path}' is not a complete part manifest: it has no pack_id")
+    bad = [p['name'] for p in manifest['parts'] if not isinstance(p['name'], str) or os.path.basename(p['name']) != p['name']
+           or p['name'].startswith('.')]
+    if bad:
+        raise PackError(f"'{path}' names parts outside its folder: {bad}")
     return manifest
 
 
 def unpack_parts(sources: Sequence[str], dest: str) -> UnpackResult:
     """Rejoin the parts found in `sources` (folders of one pack) into `dest`; refuses corrupted or foreign parts."""
-    if not sources:
-        raise PackError('give at least one folder of parts')
+    if not sources or isinstance(sources, str):
+        raise PackError(f'give a list of folders of parts, got {sources!r}')
+    _check_folder(dest, 'the files')
     manifests = [_load_manifest(s) for s in sources]
     manifest = manifests[0]
     if any(m['pack_id'] != manifest['pack_id'] for m in manifests):
         raise PackError('the folders hold parts of different packs (their zoo-pack.json differ): unpack each pack on its own')
-    unsafe = [f['path'] for f in manifest['files'] if f['path'].startswith('/') or '..' in f['path'].split('/')]
+    unsafe = [f['path'] for f in manifest['files']
+              if not isinstance(f['path'], str) or f['path'].startswith('/') or '..' in f['path'].split('/')]
     if unsafe:
         raise PackError(f'{PACK_MANIFEST} names paths outside the destination: {unsafe}')
     present = {}

@@ -1,25 +1,43 @@
-""" `awnet zoo run`: a plan's stages inside one time budget, with a manifest written after every stage
+""" `awnet zoo run`: a plan's stages inside one time budget (a slice), with a manifest written after every step
 
-Budget rules (M minutes from the start of the run):
-- evaluation and export stages keep their share of M, reserved from the start;
-- a training stage gets the time left before that reserve, split among the training stages still to
-  run by their shares; its probe measures images/s and the stage trains the most whole epochs that fit
-  (at most `max_epochs`); a stage that cannot fit `min_epochs` does not start, and stages that need it
-  are skipped;
-- stages of one `epochs_group` (the two students) are probed together and train the same number of
-  epochs, chosen from their pooled shares and summed epoch times;
-- a running stage gets `max_minutes`: past its time it stops at an epoch boundary, and its best
-  checkpoint (by W-Robust accuracy) is what later stages use;
-- evaluation runs chunks of images until its deadline, never fewer than `n_min` images.
-Every stage's outcome goes into `OUT/manifest.json` (written atomically) as soon as it ends; a run with
-`--resume` keeps the training stages that finished and redoes the rest.
+One `awnet zoo run` is a slice of M minutes from its start; `--resume` continues the run in `--out` with
+another slice. A plan with `"campaign": true` is meant to be run as many slices (e.g. one per session, in the
+background: `awnet zoo run --plan P --resume --budget-minutes M --out output/campaign/zoo`).
+
+Training stages:
+- a stage's planned total of epochs is fixed when it starts and saved as its run's `epochs` (one lr schedule over
+  it): in a campaign it is `max_epochs`; otherwise the most whole epochs that fit this slice (up to `max_epochs`),
+  refitted on a resume while the stage (or its group) has not finished;
+- a slice trains a stage from its own last checkpoint (exact resume) for as many epochs as fit its time, and stops
+  at an epoch boundary: 'done' (planned total reached), 'partial' (a campaign stage with epochs to go: the next
+  slice continues it), 'shortened' (out of a fit run's time: final), 'interrupted' (Ctrl-C: the next slice continues
+  it). Its best checkpoint, chosen on a holdout of the training images, is what later stages use;
+- time: the slice's time left before the evaluation/export reserve is split among the training stages still to run
+  by their shares (in a campaign, among those whose dependencies have finished); an epoch's time is the slowest of the
+  stage's last three measured epochs (the throughput probe only before it has any), and a running stage gets the rest
+  of its time as the trainer's `max_minutes`, which stops it by the epochs it measures as it runs;
+- stages of one `epochs_group` (students compared with each other) share one planned total and train in lock-step,
+  one epoch per trainer call, the members that are behind first: a round starts only when all of it fits, so the
+  members end every slice at the same epoch count; in a campaign the group waits until every member can start;
+- a stage depends on its `after` stages and '@stage' teachers being 'done' (or 'shortened' in a fit run).
+Evaluation and export run on the models whose weights changed since they last ran (students that are still
+training included, marked by their epochs; `--redo evaluate` asks for all again); in a campaign they keep their
+share only in a slice where a student has new weights or can train, and a model's evaluation that finds no time
+left waits for the next slice (a fit run evaluates at least `n_min` images of every student, even past the deadline).
+
+`--resume` refuses a plan whose training stage changed since it started (`--redo NAME` trains it again from scratch,
+its dependents too); a changed evaluate or export stage is redone, and the run says so.
+`OUT/manifest.json` (written atomically) holds the plan, every stage's state, and `slices`: one entry per run with
+its start, budget, CPU-minutes, the epochs each stage trained, their measured images/s and holdout accuracies.
 """
+import dataclasses
 import json
+import math
 import os
 import platform
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,18 +49,20 @@ from ..eval.harness import evaluate_robustness
 from ..eval.report import build_record, write_report
 from ..eval.suite import build_suite, pgd_spec
 from ..hub.export import export_checkpoint
-from ..training import TrainConfig, create_model_with_weights, load_teacher, train
-from ..training.checkpoint import CheckpointError
-from ..training.trainer import DivergenceError
+from ..training import TrainConfig, create_model_with_weights, load_run_config, load_teacher, train
+from ..training.checkpoint import CheckpointError, load_train_state
 from ..training.config import ConfigError
-from ..utils import atomic_write, atomic_write_text, resolve_device, sha256_file
-from .budget import Probe, device_name, fit_epochs, probe_stage, uses_autocast
-from .plan import EvaluateStage, ExportStage, Plan, TrainStage, ZooError
+from ..training.trainer import RESUMABLE_CHANGES, DivergenceError, RunInterrupted
+from ..utils import atomic_write, atomic_write_text, read_json, resolve_device, sha256_file
+from .budget import Probe, device_name, measured_epochs, next_epoch_seconds, probe_stage, uses_autocast
+from .plan import EvaluateStage, ExportStage, Plan, TrainStage, ZooError, eval_splits
 
 __all__ = ['run_zoo', 'ZooResult', 'MANIFEST_VERSION', 'merge_chunks', 'summary_table', 'stage_config']
 
-MANIFEST_VERSION = 1
-FINISHED = ('done', 'shortened')
+MANIFEST_VERSION = 2
+FINAL = ('done', 'shortened')  # a training stage that trains no further: its dependents may start
+_ONE_EPOCH = 1e-9  # max_minutes already spent: the trainer stops at its first epoch boundary (one epoch per call)
+_NOT_COMPARED = set(RESUMABLE_CHANGES) | {'teacher_nat_checkpoint', 'teacher_adv_checkpoint'}  # paths of this run
 
 
 @dataclass
@@ -59,13 +79,8 @@ def _versions() -> Dict[str, str]:
             'python': platform.python_version()}
 
 
-def _eval_splits(dataset: str) -> Tuple[Tuple[str, ...], str]:
-    """(splits scored for clean accuracy, split of the attack evaluation)."""
-    if dataset == 'cifar10-offline':
-        return ('test', 'test-exact'), 'test-exact'
-    if dataset in ('cifar10', 'cifar100'):
-        return ('test',), 'test'
-    return ('val',), 'val'
+def _now(t: Optional[float] = None) -> str:
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(t))
 
 
 def decode_offline_cifar10(src: str, dst: str) -> str:
@@ -120,36 +135,51 @@ def merge_chunks(results: List[Dict[str, Any]]) -> Dict[str, Any]:
     }
 
 
+def _result_text(name: str, v: Dict[str, Any]) -> str:
+    text = f"{name}: clean {100 * v['clean_acc']:.1f}% (N={v['clean_n']})"
+    if 'worst_case_robust_acc' in v:
+        text += f", worst {100 * v['worst_case_robust_acc']:.1f}% (N={v['worst_case_n']})"
+    if 'pgd20_acc' in v:
+        text += f", PGD-20 {100 * v['pgd20_acc']:.1f}% (N={v['pgd20_n']})"
+    return text + (f" at epoch {v['epochs_done']}/{v['epochs_planned']}" if v.get('epochs_done') != v.get('epochs_planned') else '')
+
+
 def summary_table(manifest: Dict[str, Any]) -> str:
     lines = ['| stage | status | model | recipe | epochs | images/s | TFLOP/s | seconds | result |',
              '|---|---|---|---|---:|---:|---:|---:|---|']
     for name, s in manifest['stages'].items():
         probe = s.get('probe') or {}
+        speed = (s.get('measured') or {}).get('images_per_second') or probe.get('images_per_second', 0)
         epochs = f"{s['epochs_done']}/{s['epochs_planned']}" if 'epochs_planned' in s else ''
         result = s.get('reason', '')
         if s.get('kind') == 'train' and s.get('best'):
             b = s['best']
-            result = f"val clean {100 * b['val_clean_acc']:.1f}%, PGD {100 * b['val_pgd_acc']:.1f}% (epoch {b['epoch']})"
-        elif s.get('kind') == 'evaluate' and s.get('status') in FINISHED:
-            result = '; '.join(f"{k}: clean {100 * v['clean_acc']:.1f}%" + (
-                f", worst {100 * v['worst_case_robust_acc']:.1f}% (N={v['n']})" if 'worst_case_robust_acc' in v else '')
-                for k, v in s.get('results', {}).items())
-        elif s.get('kind') == 'export' and s.get('status') in FINISHED:
-            result = ', '.join(os.path.basename(f) for f in s.get('folders', {}).values())
+            result = (f"holdout clean {100 * b['val_clean_acc']:.1f}%, PGD {100 * b['val_pgd_acc']:.1f}% (epoch {b['epoch']})"
+                      + (f"; {result}" if result else ''))
+        elif s.get('kind') == 'evaluate' and s.get('results'):
+            result = '; '.join(_result_text(k, v) for k, v in s['results'].items() if 'clean_acc' in v)
+        elif s.get('kind') == 'export' and s.get('folders'):
+            result = ', '.join(os.path.basename(f) for f in s['folders'].values())
         lines.append(f"| {name} | {s.get('status', '')} | {s.get('model', '')} | {s.get('recipe', '')} | {epochs} | "
-                     f"{probe.get('images_per_second', 0):.1f} | {probe.get('tflops', 0):.3f} | "
+                     f"{speed:.1f} | {probe.get('tflops', 0):.3f} | "
                      f"{s.get('seconds', 0):.1f} | {result} |".replace('| 0.0 | 0.000 |', '| | |'))
     return '\n'.join(lines)
+
+
+def _model_of(plan: Plan, name: str) -> str:
+    return dict(plan.train, **plan.stage(name).config).get('model', TrainConfig.model)
 
 
 def stage_config(plan: Plan, stage: TrainStage, data_dir: str, output: str, device: str = 'auto', progress: bool = True,
                  teachers: Optional[Dict[str, Tuple[str, str]]] = None) -> TrainConfig:
     """ The TrainConfig of a training stage: the plan's shared fields, the stage's, the run's paths.
 
-    `teachers` maps the stages named as '@stage' teachers to (model name, weights file). PGD-k's step is 2.5 eps / k
-    unless the plan gives one; `lr_batch` scales lr and router_lr linearly to the stage's batch size.
+    `teachers` maps the stages named as '@stage' teachers to (model name, weights file). The best checkpoint is
+    chosen on a holdout of the training images unless the plan says otherwise. PGD-k's step is 2.5 eps / k unless
+    the plan gives one; `lr_batch` scales lr and router_lr linearly to the stage's batch size.
     """
     values = dict(plan.train, **stage.config)
+    values.setdefault('val_split', 'holdout')
     values.update(dataset=plan.dataset, data_dir=data_dir, output=output, run_name=stage.name, device=device,
                   progress=progress)
     for key in ('teacher_nat', 'teacher_adv'):
@@ -165,12 +195,48 @@ def stage_config(plan: Plan, stage: TrainStage, data_dir: str, output: str, devi
     return cfg
 
 
+def shaped(plan: Plan, stage: TrainStage, cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """The config for a planned total of `epochs`, the paper's step decays kept at 75% and 90% of them."""
+    milestones = cfg.decay_milestones
+    if 'decay_milestones' not in plan.train and 'decay_milestones' not in stage.config:
+        # 1-based epochs that start with the lower lr; never the first
+        milestones = tuple(m if m >= 2 else epochs + 1 for m in (round(0.75 * epochs), round(0.9 * epochs)))
+    return replace(cfg, epochs=epochs, decay_milestones=milestones)
+
+
+def _say(text: str):
+    print(f'awnet zoo: {text}', flush=True)  # flushed: a background run's log is a file
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON gives it back (tuples as lists), for comparing a plan with the one a manifest saved."""
+    return json.loads(json.dumps(value))
+
+
+@dataclass
+class _Member:
+    """A training stage as one slice sees it: how far its run is and what its next epoch costs."""
+    stage: TrainStage
+    cfg: TrainConfig  # the stage's config with its teachers, before the planned total is set
+    run_dir: str
+    done: int  # epochs its run has saved (0: not started)
+    planned: int  # the planned total its run was started with (0: not started)
+    epoch_seconds: float
+    setup_seconds: float  # one trainer call's time outside its epochs (building, loading, checkpoint)
+    images: int  # training images per epoch
+    probe: Optional[Dict[str, Any]]
+    estimate: str  # 'measured' (its run's epochs) or 'probe'
+    target: int = 0  # the epoch count this slice trains it to
+
+    @property
+    def call_seconds(self) -> float:
+        return self.setup_seconds + self.epoch_seconds
+
+
 class _Run:
     def __init__(self, plan: Plan, budget_minutes: float, data_dir: str, out: str, device: str, resume: bool,
-                 progress: bool):
-        if not budget_minutes > 0:
-            raise ZooError(f'the budget must be > 0 minutes, got {budget_minutes}')
-        self.t0 = time.time()
+                 progress: bool, redo: Sequence[str] = ()):
+        self.t0, self.cpu0 = time.time(), time.process_time()
         self.plan, self.budget = plan, budget_minutes * 60
         self.deadline = self.t0 + self.budget
         self.out = os.path.abspath(out)
@@ -178,32 +244,65 @@ class _Run:
         self.device_arg = device
         self.progress = progress
         self.path = os.path.join(self.out, 'manifest.json')
-        self.probed_groups = set()
+        self.current = ''  # the stage being worked on, named when the run is interrupted
+        self.sha_cache: Dict[Tuple[str, float, int], str] = {}
+        unknown = sorted(set(redo) - {s.name for s in plan.stages})
+        if unknown:
+            raise ZooError(f"cannot redo {', '.join(unknown)}: the stages of plan '{plan.name}' are "
+                           f"{', '.join(s.name for s in plan.stages)}")
+        self.asked_redo = set(redo)
         old = self._previous(resume)
+        self._preflight()
+        redone = self._decide(old)
         self.data_dir = self._data(data_dir)
+        slices = old.get('slices')
+        if slices is None and old:  # a run of zoo_version 1: its one run becomes the first slice
+            slices = [{'started': old.get('started'), 'budget_minutes': old.get('budget_minutes'),
+                       'wall_seconds': old.get('elapsed_seconds'), 'zoo_version': old.get('zoo_version'),
+                       'stages': {n: {'epochs_after': s.get('epochs_done')} for n, s in old.get('stages', {}).items()
+                                  if isinstance(s, dict) and s.get('kind') == 'train'}}]
+        self.slice = {'started': _now(self.t0), 'budget_minutes': budget_minutes, 'device': device_name(self.device),
+                      'plan_sha256': _plan_sha(plan), 'resumed': bool(old), 'redone': redone, 'stages': {},
+                      'evaluated': [], 'exported': []}
         self.manifest = {
-            'zoo_version': MANIFEST_VERSION, 'plan_name': plan.name, 'budget_minutes': budget_minutes,
-            'started': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.t0)), 'device': device_name(self.device),
-            'data_dir': data_dir, 'decoded_data_dir': self.data_dir if self.data_dir != data_dir else None,
-            'versions': _versions(), 'plan': plan.to_dict(), 'groups': dict(old.get('groups', {})), 'stages': {},
+            'zoo_version': MANIFEST_VERSION, 'plan_name': plan.name, 'campaign': plan.campaign,
+            'budget_minutes': budget_minutes, 'started': old.get('started', self.slice['started']),
+            'device': device_name(self.device), 'data_dir': data_dir,
+            'decoded_data_dir': self.data_dir if self.data_dir != data_dir else None,
+            'versions': _versions(), 'plan': plan.to_dict(), 'groups': {}, 'stages': {}, 'slices': list(slices or []) + [self.slice],
         }
-        for s in plan.stages:  # finished training stages of the resumed run are kept
-            prev = old.get('stages', {}).get(s.name)
-            if isinstance(s, TrainStage) and prev and prev.get('status') in FINISHED:
-                self.manifest['stages'][s.name] = dict(prev, resumed=True)
+        self._carry(old, redone)
         self.save()
 
+    # the run folder ----------------------------------------------------------------------------------------------
     def _previous(self, resume: bool) -> Dict[str, Any]:
-        if not os.path.isfile(self.path):
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ZooError(f"--out '{self.out}' is a file: give a folder for the run")
+        if not os.path.exists(self.path):
             return {}
         if not resume:
             raise ZooError(f"'{self.out}' already holds a zoo run (manifest.json): pass --resume to continue it, "
                            f"or another --out")
-        with open(self.path) as f:
-            old = json.load(f)
+        old = read_json(self.path, ZooError, 'zoo manifest')
+        if not (isinstance(old, dict) and isinstance(old.get('stages'), dict) and isinstance(old.get('plan'), dict)):
+            raise ZooError(f"zoo manifest '{self.path}' is not one written by `awnet zoo run` (expected an object with "
+                           f"plan and stages): move it away, or give another --out")
+        if not isinstance(old.get('zoo_version'), int) or old['zoo_version'] > MANIFEST_VERSION:
+            raise ZooError(f"zoo manifest '{self.path}' is version {old.get('zoo_version')!r}; this awnet_timm reads "
+                           f"versions up to {MANIFEST_VERSION}")
         if old.get('plan_name') != self.plan.name:
             raise ZooError(f"'{self.out}' holds a run of plan '{old.get('plan_name')}', not '{self.plan.name}'")
         return old
+
+    def _preflight(self):
+        """Checks that need the machine (files named by the plan), before the first stage."""
+        for s in self.plan.stages:
+            if not isinstance(s, TrainStage):
+                continue
+            cfg = dict(self.plan.train, **s.config)
+            for key in ('teacher_nat_checkpoint', 'teacher_adv_checkpoint'):
+                if cfg.get(key) and not os.path.exists(cfg[key]):
+                    raise ZooError(f"plan '{self.plan.name}', stage '{s.name}': {key} '{cfg[key]}' does not exist")
 
     def _data(self, data_dir: str) -> str:
         full = self.plan.train.get('train_size') is None
@@ -213,9 +312,81 @@ class _Run:
             if jpeg:  # decode the 60,000 JPEGs once, not once per stage
                 t = time.time()
                 decoded = decode_offline_cifar10(data_dir, os.path.join(self.out, 'data'))
-                print(f'awnet zoo: decoded the CIFAR-10 JPEGs into {decoded} ({time.time() - t:.1f} s)')
+                _say(f'decoded the CIFAR-10 JPEGs into {decoded} ({time.time() - t:.1f} s)')
                 return decoded
         return data_dir
+
+    def run_dir(self, name: str) -> str:
+        return os.path.join(self.out, 'runs', name)
+
+    def saved(self, name: str) -> Tuple[int, int]:
+        """(epochs saved, planned total) of a stage's run: (0, 0) before its first checkpoint."""
+        state = os.path.join(self.run_dir(name), 'last.state.safetensors')
+        if not os.path.isfile(state):
+            return 0, 0
+        return load_train_state(state)[3]['epoch'], load_run_config(self.run_dir(name)).epochs
+
+    def _changed(self, stage, before: Optional[Dict[str, Any]]) -> List[str]:
+        """How a stage differs from the plan it was run with (its definition, and for training its run's config)."""
+        changes = []
+        now = dataclasses.asdict(stage)
+        if before is not None:
+            keys = ('kind', 'config', 'max_epochs', 'lr_batch') if isinstance(stage, TrainStage) else \
+                [k for k in now if k not in ('name', 'share', 'optional')]
+            changes += [f'{k}: was {_plain(before.get(k))!r}, now {_plain(now.get(k))!r}' for k in keys
+                        if _plain(before.get(k)) != _plain(now.get(k))]
+        config = os.path.join(self.run_dir(stage.name), 'config.json')
+        if isinstance(stage, TrainStage) and os.path.isfile(config):
+            saved = load_run_config(self.run_dir(stage.name))
+            teachers = {n: (_model_of(self.plan, n), '') for n in stage.teacher_refs()}
+            expected = shaped(self.plan, stage, stage_config(self.plan, stage, '', '', teachers=teachers), saved.epochs)
+            expected = replace(expected, decay_milestones=saved.decay_milestones) if 'decay_milestones' not in \
+                {**self.plan.train, **stage.config} else expected  # a refitted run keeps the decays it started with
+            changes += [f'{f.name}: the run has {getattr(saved, f.name)!r}, the plan gives {getattr(expected, f.name)!r}'
+                        for f in dataclasses.fields(TrainConfig)
+                        if f.name not in _NOT_COMPARED and _plain(getattr(saved, f.name)) != _plain(getattr(expected, f.name))]
+        return changes
+
+    def _decide(self, old: Dict[str, Any]) -> Dict[str, str]:
+        """The stages whose earlier work is redone, and why; refuses a training stage that changed after it started."""
+        before = {s.get('name'): s for s in old.get('plan', {}).get('stages', []) if isinstance(s, dict)}
+        records = old.get('stages', {})
+        redo: Dict[str, str] = {}
+        for s in self.plan.stages:
+            train_stage = isinstance(s, TrainStage)
+            started = train_stage and (os.path.isfile(os.path.join(self.run_dir(s.name), 'config.json'))
+                                       or bool((records.get(s.name) or {}).get('run_dir')))
+            sources = [d for d in list(s.after) + (s.teacher_refs() if train_stage else []) if d in redo]
+            if s.name in self.asked_redo:
+                redo[s.name] = 'asked for (--redo)'
+            elif started and sources:
+                redo[s.name] = f"trained after {', '.join(sources)}, which is redone"
+            elif old and (changes := self._changed(s, before.get(s.name))):
+                if not train_stage:
+                    redo[s.name] = f"changed in the plan ({'; '.join(changes)})"
+                elif started:
+                    raise ZooError(f"stage '{s.name}' changed in the plan since it started ({'; '.join(changes)}): restore "
+                                   f"the plan, or pass --redo {s.name} to train it again from scratch (its run is kept aside)")
+        return redo
+
+    def _carry(self, old: Dict[str, Any], redone: Dict[str, str]):
+        """Keep the earlier state of every stage that is not redone; set aside the runs of those that are."""
+        records = old.get('stages', {})
+        for s in self.plan.stages:
+            if s.name in redone:
+                _say(f'{s.name} redone: {redone[s.name]}')
+                run = self.run_dir(s.name)
+                if isinstance(s, TrainStage) and os.path.exists(run):
+                    os.replace(run, f"{run}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+                continue
+            prev = records.get(s.name)
+            if not isinstance(prev, dict):
+                continue
+            prev = dict(prev, resumed=True)
+            used = [n for n, r in records.items() if isinstance(r, dict) and s.name in (r.get('teachers') or {}).values()]
+            if self.plan.campaign and prev.get('status') == 'shortened' and not used:
+                prev.update(status='partial', reason='a campaign trains it on to its planned total')
+            self.manifest['stages'][s.name] = prev
 
     def rel(self, path: str) -> str:
         """Paths in the manifest are relative to the run folder, so the folder can move (pack, unpack, copy)."""
@@ -225,41 +396,72 @@ class _Run:
         return os.path.join(self.out, rel)
 
     def save(self):
-        self.manifest['elapsed_seconds'] = time.time() - self.t0
+        now = time.time()
+        self.manifest['elapsed_seconds'] = now - self.t0
+        self.slice.update(wall_seconds=now - self.t0, cpu_minutes=(time.process_time() - self.cpu0) / 60)
         atomic_write_text(self.path, json.dumps(self.manifest, indent=2) + '\n')
 
     def left(self) -> float:
         return self.deadline - time.time()
 
-    def reserved_after(self, i: int) -> float:
-        return sum(s.share for s in self.plan.stages[i + 1:] if not isinstance(s, TrainStage)) * self.budget
+    def sha(self, path: str) -> str:
+        st = os.stat(path)
+        key = (path, st.st_mtime, st.st_size)
+        if key not in self.sha_cache:
+            self.sha_cache[key] = sha256_file(path)
+        return self.sha_cache[key]
 
-    def train_share_left(self, i: int) -> float:
-        return sum(s.share for s in self.plan.stages[i:] if isinstance(s, TrainStage)
-                   and self.manifest['stages'].get(s.name, {}).get('status') not in FINISHED)
+    # state of the stages ----------------------------------------------------------------------------------------
+    def record(self, name: str) -> Dict[str, Any]:
+        return self.manifest['stages'].get(name) or {}
 
-    def finished(self, name: str) -> bool:
-        return self.manifest['stages'].get(name, {}).get('status') in FINISHED
+    def final(self, name: str) -> bool:
+        return self.record(name).get('status') in FINAL
 
     def blocked_by(self, stage) -> List[str]:
         deps = list(stage.after) + (stage.teacher_refs() if isinstance(stage, TrainStage) else [])
-        return [d for d in deps if not self.finished(d)]
+        return [d for d in deps if not self.final(d)]
+
+    def weights(self, name: str) -> Optional[str]:
+        """The weights a stage's dependents, its evaluation and its export use (its best checkpoint so far)."""
+        r = self.record(name)
+        if r.get('status') == 'failed' or not r.get('weights') or not os.path.isfile(self.path_of(r['weights'])):
+            return None
+        return self.path_of(r['weights'])
+
+    def note(self, name: str, status: str, reason: str):
+        """A stage's status and why, keeping what its record says of its run."""
+        kind = self.plan.stage(name).kind
+        self.manifest['stages'][name] = dict(self.record(name) or {'kind': kind, 'seconds': 0.0}, status=status, reason=reason)
+        _say(f'{name} {status}: {reason}')
+        self.save()
+
+    def has_work(self, stage) -> bool:
+        """Whether an evaluate or export stage will have new weights to take in this slice (a fit run: always)."""
+        if not self.plan.campaign:
+            return True
+        done = self.record(stage.name).get('results' if isinstance(stage, EvaluateStage) else 'sources', {})
+        for name in stage.students:
+            w = self.weights(name)
+            if (w and (done.get(name) or {}).get('source_sha256') != self.sha(w)) or \
+                    (not self.final(name) and not self.blocked_by(self.plan.stage(name))):
+                return True
+        return False
+
+    def reserved_after(self, i: int) -> float:
+        return sum(s.share for s in self.plan.stages[i + 1:] if not isinstance(s, TrainStage) and self.has_work(s)) * self.budget
+
+    def train_share_left(self, i: int) -> float:
+        return sum(s.share for s in self.plan.stages[i:] if isinstance(s, TrainStage) and not self.final(s.name)
+                   and not (self.plan.campaign and self.blocked_by(s)))
 
     # training ---------------------------------------------------------------------------------------------------
     def config(self, stage: TrainStage) -> TrainConfig:
         teachers = {}
         for name in stage.teacher_refs():
-            ref = self.manifest['stages'][name]
-            teachers[name] = (ref['model'], self.path_of(ref['weights']))
+            teachers[name] = (self.record(name)['model'], self.weights(name))
         return stage_config(self.plan, stage, self.data_dir, os.path.join(self.out, 'runs'), self.device_arg,
                             self.progress, teachers)
-
-    def shaped(self, cfg: TrainConfig, epochs: int) -> TrainConfig:
-        """The config for `epochs` epochs, the paper's step decays kept at 75% and 90% of them."""
-        milestones = cfg.decay_milestones
-        if 'decay_milestones' not in self.plan.train:  # 1-based epochs that start with the lower lr; never the first
-            milestones = tuple(m if m >= 2 else epochs + 1 for m in (round(0.75 * epochs), round(0.9 * epochs)))
-        return replace(cfg, epochs=epochs, decay_milestones=milestones)
 
     def teachers(self, cfg: TrainConfig, num_classes: int):
         if cfg.recipe != 'mtard':
@@ -276,80 +478,158 @@ class _Run:
         probe = probe_stage(cfg, data, self.teachers(cfg, len(data.classes)), self.device, **self.plan.probe)
         return probe, probe.epoch_seconds(images, val), images
 
-    def skip(self, stage, reason: str, status: str = 'skipped'):
-        self.manifest['stages'][stage.name] = {'kind': stage.kind, 'status': status, 'reason': reason, 'seconds': 0.0}
-        print(f'awnet zoo: {stage.name} {status}: {reason}')
-        self.save()
+    def member(self, stage: TrainStage) -> _Member:
+        """Where a stage's run stands; its epoch time from its own measured epochs, or from a probe before it has any."""
+        cfg, run_dir, prev = self.config(stage), self.run_dir(stage.name), self.record(stage.name)
+        done, planned = self.saved(stage.name)
+        records = [r for r in measured_epochs(run_dir) if r['epoch'] <= done]
+        probe = prev.get('probe')
+        if records:
+            setup = prev.get('setup_seconds', (probe or {}).get('setup_seconds', 0.0))
+            return _Member(stage, cfg, run_dir, done, planned, next_epoch_seconds(records, 0.), setup,
+                           records[-1]['images'], probe, 'measured')
+        p, epoch_seconds, images = self.probe(stage, cfg)
+        return _Member(stage, cfg, run_dir, done, planned, epoch_seconds, p.setup_seconds, images,
+                       dict(p.to_dict(), epoch_seconds=epoch_seconds), 'probe')
 
-    def run_train(self, i: int, stage: TrainStage):
+    def planned_total(self, members: List[_Member], finished: List[str], seconds: float) -> Tuple[int, int]:
+        """(planned total, epochs to reach in this slice) of a stage or group; see the module's rules."""
+        cap = min(m.stage.max_epochs for m in members)
+        started = [m for m in members if m.planned]
+        if finished:  # a fit run's group whose other members stopped: the same epochs as theirs
+            return self.record(finished[0])['epochs_planned'], max(self.record(n)['epochs_done'] for n in finished)
+        if self.plan.campaign:
+            total = started[0].planned if started else cap
+            return total, total
+        lowest = max([m.done for m in members] + [max(m.stage.min_epochs for m in members)])
+        calls = len(members) > 1  # a group trains one epoch per call
+
+        def need(total):
+            return sum((total - m.done) * (m.call_seconds if calls else m.epoch_seconds) for m in members) + \
+                (0. if calls else members[0].setup_seconds)
+        fitting = [e for e in range(lowest, cap + 1) if need(e) <= seconds]
+        total = fitting[-1] if fitting else max(max(m.done for m in members), 1)
+        return total, total
+
+    def run_train(self, i: int, stage: TrainStage) -> List[str]:
+        """Train a stage, or its whole epochs group, in this slice; returns the stages it handled."""
+        plan = self.plan
+        group = [stage] if not stage.epochs_group else [
+            s for s in plan.stages[i:] if isinstance(s, TrainStage) and s.epochs_group == stage.epochs_group
+            and not self.final(s.name)]
+        handled = [s.name for s in group]
+        finished = [s.name for s in plan.stages if isinstance(s, TrainStage) and stage.epochs_group
+                    and s.epochs_group == stage.epochs_group and self.final(s.name)]
+        blocked = {s.name: self.blocked_by(s) for s in group if self.blocked_by(s)}
+        for s in group:
+            if s.name in blocked:
+                self.note(s.name, 'skipped', f"needs {', '.join(blocked[s.name])}, which did not finish")
+            elif blocked and plan.campaign:  # a group starts together, so that its members stay at equal epochs
+                self.note(s.name, 'partial' if self.record(s.name).get('epochs_done') else 'skipped',
+                          f"waits until its group's {', '.join(blocked)} can start")
+        group = [s for s in group if s.name not in blocked and not (blocked and plan.campaign)]
+        if not group:
+            return handled
         t = time.time()
-        available = self.left() - self.reserved_after(i)
-        group = [s for s in self.plan.stages[i:] if isinstance(s, TrainStage) and stage.epochs_group
-                 and s.epochs_group == stage.epochs_group and not self.finished(s.name) and not self.blocked_by(s)]
-        shares = sum(s.share for s in group) if group else stage.share
-        allotted = max(0., available) * shares / self.train_share_left(i)
-        if allotted <= 0:
-            return self.skip(stage, f'no time left before the reserve of the later stages ({available:.0f} s)')
-        cfg = self.config(stage)
-        fresh = group and stage.epochs_group in self.probed_groups
-        known = self.manifest['groups'][stage.epochs_group]['probes'].get(stage.name) if fresh else None
-        if known:  # probed with its group a moment ago, on this device
-            fields = {k: known[k] for k in ('images_per_second', 'val_images_per_second', 'flops_per_image',
-                                            'setup_seconds', 'batch_size')}
-            probe, epoch_seconds, images = Probe(**fields), known['epoch_seconds'], known['images_per_epoch']
-        else:
-            probe, epoch_seconds, images = self.probe(stage, cfg)
-        estimates = {}
-        if group and stage.epochs_group in self.manifest['groups']:
-            epochs = self.manifest['groups'][stage.epochs_group]['epochs']
-            estimates = {s.name: self.manifest['groups'][stage.epochs_group].get('estimates', {}).get(s.name, 0.)
-                         for s in group[1:]}
-            need = probe.setup_seconds + epochs * epoch_seconds
-        elif group:
-            probes = {stage.name: (probe, epoch_seconds)}
-            counts = {stage.name: images}
-            for s in group[1:]:
-                other, other_epoch, counts[s.name] = self.probe(s, self.config(s))
-                probes[s.name] = (other, other_epoch)
-            left = allotted - (time.time() - t)
-            epochs = fit_epochs(left, sum(e for _, e in probes.values()), sum(p.setup_seconds for p, _ in probes.values()),
-                                min(s.max_epochs for s in group))
-            estimates = {n: p.setup_seconds + epochs * e for n, (p, e) in probes.items() if n != stage.name}
-            self.probed_groups.add(stage.epochs_group)
+        share = sum(s.share for s in group)
+        allotted = (self.left() - self.reserved_after(i)) * share / max(self.train_share_left(i), share)
+        members = [self.member(s) for s in group]
+        allotted -= time.time() - t  # the probes'
+        total, target = self.planned_total(members, finished, allotted)
+        for m in members:
+            m.target = min(target, m.planned) if plan.campaign and m.planned else target
+        if stage.epochs_group:
             self.manifest['groups'][stage.epochs_group] = {
-                'epochs': epochs, 'members': [s.name for s in group], 'seconds': left, 'estimates': estimates,
-                'probes': {n: dict(p.to_dict(), epoch_seconds=e, images_per_epoch=counts[n]) for n, (p, e) in probes.items()}}
-            need = probe.setup_seconds + epochs * epoch_seconds
-        else:
-            epochs = fit_epochs(allotted - (time.time() - t), epoch_seconds, probe.setup_seconds, stage.max_epochs)
-            need = probe.setup_seconds + max(epochs, stage.min_epochs) * epoch_seconds
-        budget = allotted - (time.time() - t) - sum(estimates.values())
-        base = {'kind': 'train', 'model': cfg.model, 'recipe': cfg.recipe, 'probe': dict(probe.to_dict(), epoch_seconds=epoch_seconds),
-                'device': device_name(self.device), 'precision': 'bf16' if uses_autocast(cfg, self.device) else 'fp32',
-                'allotted_seconds': budget, 'images_per_epoch': images}
-        if epochs < stage.min_epochs or need > budget:
-            self.manifest['stages'][stage.name] = dict(base, status='skipped', seconds=time.time() - t, epochs_planned=epochs,
-                                                       epochs_done=0, reason=f'cannot finish: {max(epochs, stage.min_epochs)} '
-                                                       f'epoch(s) need {need:.0f} s, {budget:.0f} s left for this stage')
-            print(f"awnet zoo: {stage.name} skipped: {self.manifest['stages'][stage.name]['reason']}")
-            return self.save()
-        cfg = replace(self.shaped(cfg, epochs), max_minutes=budget / 60)
-        run_dir = os.path.join(cfg.output, cfg.run_name)
-        if os.path.exists(run_dir):  # an interrupted attempt: keep it aside, start clean
-            os.replace(run_dir, f"{run_dir}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
-        print(f'awnet zoo: {stage.name}: {cfg.model} {cfg.recipe}, {epochs} epoch(s) of {images} images in {budget:.0f} s '
-              f'(probe: {probe.images_per_second:.1f} img/s, {probe.tflops:.3f} TFLOP/s, epoch ~{epoch_seconds:.1f} s)')
+                'members': [m.stage.name for m in members] + finished, 'epochs_planned': total, 'target': target,
+                'seconds': allotted, 'estimates': {m.stage.name: {'epoch_seconds': m.epoch_seconds, 'setup_seconds': m.setup_seconds,
+                                                                  'from': m.estimate, 'epochs_before': m.done} for m in members}}
+        deadline = time.time() + allotted
+        trained = {m.stage.name: 0 for m in members}
+        for m in members:  # a run that reached its target before its record did (stopped between the two)
+            if m.done >= m.target and self.record(m.stage.name).get('epochs_done') != m.done:
+                self.train_call(m, total, _ONE_EPOCH, allotted)
+        if len(members) == 1:
+            m = members[0]
+            if m.done < m.target and deadline - time.time() >= m.call_seconds:
+                trained[m.stage.name] = self.train_call(m, total, (deadline - time.time()) / 60, allotted)
+        else:  # lock-step: the members behind first, a round only when all of it fits
+            while True:
+                behind = [m for m in members if m.done < m.target]
+                if not behind:
+                    break
+                low = min(m.done for m in behind)
+                round_ = [m for m in behind if m.done == low]
+                if deadline - time.time() < sum(m.call_seconds for m in round_):
+                    break
+                for m in round_:
+                    trained[m.stage.name] += self.train_call(m, total, _ONE_EPOCH, allotted)
+        for m in members:
+            self.conclude(m, total, trained[m.stage.name], max(0., deadline - time.time()))
+        return handled
+
+    def train_call(self, m: _Member, total: int, max_minutes: float, allotted: float) -> int:
+        """One trainer call of a stage from its own last checkpoint; returns the epochs it trained."""
+        name = m.stage.name
+        cfg = replace(shaped(self.plan, m.stage, m.cfg, total), resume='auto', max_minutes=max_minutes)
+        if m.done and 'decay_milestones' not in {**self.plan.train, **m.stage.config}:
+            cfg = replace(cfg, decay_milestones=load_run_config(m.run_dir).decay_milestones)  # the decays it started with
+        self.current = name
+        _say(f"{name}: {cfg.model} {cfg.recipe}, epoch {m.done + 1}{'' if max_minutes == _ONE_EPOCH else '+'} of {total} "
+             f"({m.images} images/epoch, ~{m.epoch_seconds:.0f} s/epoch {m.estimate}, {self.left():.0f} s left in the slice)")
+        t, cpu, before = time.time(), time.process_time(), m.done
         result = train(cfg)
+        seconds, cpu_seconds = time.time() - t, time.process_time() - cpu
+        records = [r for r in measured_epochs(m.run_dir) if r['epoch'] <= result.epochs_done]
+        new = [r for r in records if r['epoch'] > before]
+        m.done, m.planned, m.estimate = result.epochs_done, total, 'measured'
+        m.epoch_seconds = next_epoch_seconds(records, m.epoch_seconds)
+        m.setup_seconds = max(0., seconds - sum(r['epoch_seconds'] for r in new))
+        prev = self.record(name)
         weights = os.path.join(result.run_dir, 'best.safetensors')
         if not os.path.isfile(weights):
             weights = os.path.join(result.run_dir, 'last.safetensors')
-        self.manifest['stages'][stage.name] = dict(
-            base, status='done' if result.finished else 'shortened', run_dir=self.rel(result.run_dir), settings=cfg.to_dict(),
-            teachers={k: v[1:] for k, v in stage.config.items() if k in ('teacher_nat', 'teacher_adv') and str(v).startswith('@')},
-            epochs_planned=epochs, epochs_done=result.epochs_done, seconds=time.time() - t, weights=self.rel(weights),
-            best=result.best, last=result.last,
-            **({} if result.finished else {'reason': f'stopped at epoch {result.epochs_done} to stay within its time'}))
+        measured = {'epochs': len(records), 'epoch_seconds': sum(r['epoch_seconds'] for r in records) / max(1, len(records)),
+                    'images_per_second': sum(r['images'] for r in records) / max(1e-9, sum(r['epoch_seconds'] for r in records))}
+        self.manifest['stages'][name] = dict(
+            kind='train', status='done' if m.done >= total else 'partial', model=cfg.model, recipe=cfg.recipe,
+            probe=m.probe, device=device_name(self.device), precision='bf16' if uses_autocast(cfg, self.device) else 'fp32',
+            allotted_seconds=allotted, images_per_epoch=m.images, run_dir=self.rel(result.run_dir), settings=cfg.to_dict(),
+            selection=f'{cfg.val_split}: {cfg.val_size} images' if cfg.val_size else 'none (last epoch)',
+            teachers={k: v[1:] for k, v in m.stage.config.items() if k in ('teacher_nat', 'teacher_adv') and str(v).startswith('@')},
+            epochs_planned=total, epochs_done=m.done, seconds=prev.get('seconds', 0.) + seconds,
+            cpu_seconds=prev.get('cpu_seconds', 0.) + cpu_seconds, setup_seconds=m.setup_seconds, measured=measured,
+            weights=self.rel(weights), best=result.best, last=result.last, **({'resumed': True} if prev.get('resumed') else {}))
+        entry = self.slice['stages'].setdefault(name, {'epochs_before': before, 'epochs_trained': 0, 'calls': 0, 'seconds': 0.,
+                                                       'cpu_seconds': 0., 'epoch_seconds': [], 'images': 0})
+        entry.update(epochs_after=m.done, epochs_trained=entry['epochs_trained'] + len(new), calls=entry['calls'] + 1,
+                     seconds=entry['seconds'] + seconds, cpu_seconds=entry['cpu_seconds'] + cpu_seconds,
+                     epoch_seconds=entry['epoch_seconds'] + [r['epoch_seconds'] for r in new],
+                     images=entry['images'] + sum(r['images'] for r in new), holdout_last=result.last and {
+                         k: result.last[k] for k in ('epoch', 'val_clean_acc', 'val_pgd_acc', 'val_w_robust_acc') if k in result.last},
+                     holdout_best=result.best)
+        entry['images_per_second'] = entry['images'] / max(1e-9, sum(entry['epoch_seconds']))
         self.save()
+        return len(new)
+
+    def conclude(self, m: _Member, total: int, trained: int, seconds_left: float):
+        """A stage's status at the end of its part of the slice."""
+        name = m.stage.name
+        if m.done and m.done >= total:
+            return
+        if m.done:  # a run its record does not know yet (stopped before the manifest was written)
+            self.manifest['stages'].setdefault(name, {'kind': 'train', 'seconds': 0.}).update(epochs_done=m.done,
+                                                                                                epochs_planned=total)
+        short = f'an epoch needs ~{m.call_seconds:.0f} s, {seconds_left:.0f} s were left'
+        if not m.done:
+            need = max(m.target, 1) * (m.call_seconds if m.stage.epochs_group else m.epoch_seconds) + m.setup_seconds
+            return self.note(name, 'skipped', f'cannot finish: {max(m.target, 1)} epoch(s) need ~{need:.0f} s, '
+                             f'{seconds_left:.0f} s left for this stage')
+        if self.plan.campaign:
+            return self.note(name, 'partial', f'{m.done}/{total} epochs: the next slice continues it'
+                             + ('' if trained else f' ({short})'))
+        if m.done >= m.target:
+            return self.note(name, 'shortened', f"trained to its group's {m.done} epoch(s)")
+        self.note(name, 'shortened', f'stopped at epoch {m.done} of {total} to stay within its time')
 
     # evaluation ---------------------------------------------------------------------------------------------------
     def _split(self, split: str, n: Optional[int], cache: Dict):
@@ -364,93 +644,143 @@ class _Run:
         return {'clean_acc': r['clean_acc'], 'n': len(y), 'data': info['description']}
 
     def release_folder(self, name: str) -> str:
-        s = self.manifest['stages'][name]
+        s = self.record(name)
         return os.path.join(self.out, 'releases', f"{s['model']}.{s['recipe']}_{self.plan.name}")
 
     def export(self, name: str, dtype: str, record: Optional[str] = None) -> str:
-        s = self.manifest['stages'][name]
+        s = self.record(name)
         result = export_checkpoint(self.path_of(s['run_dir']), self.release_folder(name), eval_record=record, dtype=dtype,
                                    tag=f"{s['recipe']}_{self.plan.name}", weights=os.path.basename(s['weights'])[:-12],
                                    overwrite=True)
         return result.folder
 
+    def evaluate_teacher(self, name: str, stage: EvaluateStage, cache) -> Dict[str, Any]:
+        clean_splits, attack_split = eval_splits(self.plan.dataset)
+        s, weights = self.record(name), self.weights(name)
+        model = create_model_with_weights(s['model'], weights).to(self.device).eval()
+        r = {split: self._clean(model, split, stage.clean_n, stage, cache) for split in clean_splits}
+        res = {'model': s['model'], 'clean': r, 'clean_acc': r[attack_split]['clean_acc'], 'clean_n': r[attack_split]['n']}
+        if s['recipe'] != 'standard':  # a robust teacher's PGD-20 accuracy on the first n_min images
+            x, y, info = self._split(attack_split, stage.n_min, cache)
+            eps = self.plan.train.get('eps', TrainConfig.eps)
+            out = evaluate_robustness(model, x, y, [pgd_spec('pgd_sat', eps, 2 / 255, 20)],
+                                      stage.batch_size, self.device, sanity=False, progress=self.progress)
+            res.update(pgd20_acc=out['attacks'][0]['robust_acc'], pgd20_n=len(y))
+        _say(f'{stage.name}: {_result_text(name, dict(res, epochs_done=s["epochs_done"], epochs_planned=s["epochs_planned"]))}')
+        return res
+
+    def evaluate_student(self, name: str, stage: EvaluateStage, cache, deadline: float, results: Dict[str, Any]):
+        """Clean accuracy, then the attacks chunk by chunk until `deadline` (never fewer than n_min images)."""
+        clean_splits, attack_split = eval_splits(self.plan.dataset)
+        eps = self.plan.train.get('eps', TrainConfig.eps)  # the threat model the students were trained for
+        t = time.time()
+        folder = self.export(name, stage.dtype)
+        weights = os.path.join(folder, 'model.safetensors')
+        model = create_model_with_weights(f'local-dir:{folder}').to(self.device).eval()
+        r = {split: self._clean(model, split, stage.clean_n, stage, cache) for split in clean_splits}
+        res = results[name] = {'model': self.record(name)['model'], 'release': self.rel(folder), 'clean': r,
+                               'clean_acc': r[attack_split]['clean_acc'], 'clean_n': r[attack_split]['n']}
+        x_all, y_all, info = self._split(attack_split, stage.n_target, cache)
+        specs = build_suite(model, stage.attacks, eps=eps, router_steps=stage.router_steps, batch_size=stage.batch_size)
+        chunks, n = [], 0
+        while n < len(y_all):
+            size = min(stage.chunk, len(y_all) - n)
+            if n >= stage.n_min:
+                per_image = sum(c['elapsed_seconds'] for c in chunks) / n
+                if time.time() + per_image * size > deadline:
+                    break
+
+            def on_attack(partial, first=n, size=size):
+                a = partial['attacks'][-1]
+                _say(f"{stage.name} {name}, images {first + 1}-{first + size}: {a['name']} {100 * a['robust_acc']:.1f}% "
+                     f"robust ({a['seconds']:.0f} s)")
+            chunks.append(evaluate_robustness(model, x_all[n:n + size], y_all[n:n + size], specs, stage.batch_size,
+                                              self.device, sanity=False, progress=self.progress, on_attack=on_attack))
+            n += size
+            merged = merge_chunks(chunks)
+            data = dict(info, n=n, description=info['description'].replace(f"first {len(y_all)} ", f'first {n} '))
+            record = build_record(merged, res['model'], weights, data, eps, 0, str(self.device),
+                                  checkpoint_sha256=sha256_file(weights))
+            record['chunks'] = merged['chunks']
+            path = os.path.join(self.out, 'eval', f'{name}.json')
+            write_report(record, path)  # each chunk's work is kept as soon as it is done
+            res.update(record=self.rel(path), worst_case_robust_acc=merged['worst_case']['robust_acc'], worst_case_n=n,
+                       attacks={a['name']: a['robust_acc'] for a in merged['attacks']}, attacks_n=n)
+            _say(f"{stage.name} {name}: {n}/{len(y_all)} images attacked: clean {100 * merged['clean_acc']:.1f}%, worst case "
+                 f"{100 * merged['worst_case']['robust_acc']:.1f}% ({time.time() - t:.0f} s)")
+            self.save()
+
     def run_evaluate(self, i: int, stage: EvaluateStage):
+        """Evaluate the listed models whose weights changed since their last evaluation (teachers first)."""
         t = time.time()
         eval_deadline = self.deadline - self.reserved_after(i)
-        clean_splits, attack_split = _eval_splits(self.plan.dataset)
-        cache, results = {}, {}
-        eps = self.plan.train.get('eps', TrainConfig.eps)  # the threat model the students were trained for
-        record_dir = os.path.join(self.out, 'eval')
-        self.manifest['stages'][stage.name] = {'kind': 'evaluate', 'status': 'running', 'results': results, 'seconds': 0.}
-        for name in stage.teachers:
-            if not self.finished(name):
+        prev = self.record(stage.name)
+        results = {n: r for n, r in prev.get('results', {}).items() if self.weights(n)}  # of weights that still exist
+        entry = self.manifest['stages'][stage.name] = {'kind': 'evaluate', 'status': 'running', 'results': results,
+                                                        'seconds': prev.get('seconds', 0.)}
+        cache, deferred, evaluated = {}, [], []
+        names = [n for n in stage.teachers + stage.students if self.weights(n)]
+        pending = [n for n in names if (results.get(n) or {}).get('source_sha256') != self.sha(self.weights(n))
+                   or not results[n].get('complete')]
+        for k, name in enumerate(pending):
+            if self.plan.campaign and time.time() >= eval_deadline:
+                deferred.append(name)
                 continue
-            s = self.manifest['stages'][name]
-            model = create_model_with_weights(s['model'], self.path_of(s['weights'])).to(self.device).eval()
-            r = {split: self._clean(model, split, stage.clean_n, stage, cache) for split in clean_splits}
-            res = {'model': s['model'], 'weights_sha256': sha256_file(self.path_of(s['weights'])), 'clean': r,
-                   'clean_acc': r[attack_split]['clean_acc']}
-            if s['recipe'] != 'standard':  # a robust teacher's PGD-20 accuracy on the first n_min images
-                x, y, info = self._split(attack_split, stage.n_min, cache)
-                out = evaluate_robustness(model, x, y, [pgd_spec('pgd_sat', eps, 2 / 255, 20)], stage.batch_size,
-                                          self.device, sanity=False, progress=self.progress)
-                res.update(pgd20_acc=out['attacks'][0]['robust_acc'], pgd20_n=len(y))
-            results[name] = res
+            self.current = stage.name
+            source, s = self.sha(self.weights(name)), self.record(name)
+            results[name] = {'complete': False}
+            if name in stage.teachers:
+                results[name] = self.evaluate_teacher(name, stage, cache)
+            else:
+                students_left = len([n for n in pending[k:] if n in stage.students])
+                self.evaluate_student(name, stage, cache, time.time() + (eval_deadline - time.time()) / students_left, results)
+            results[name].update(source_sha256=source, epochs_done=s['epochs_done'], epochs_planned=s['epochs_planned'],
+                                 complete=True)
+            evaluated.append(name)
+            entry['seconds'] = prev.get('seconds', 0.) + time.time() - t
             self.save()
-        students = [n for n in stage.students if self.finished(n)]
-        for k, name in enumerate(students):
-            folder = self.export(name, stage.dtype)
-            weights = os.path.join(folder, 'model.safetensors')
-            model = create_model_with_weights(f'local-dir:{folder}').to(self.device).eval()
-            r = {split: self._clean(model, split, stage.clean_n, stage, cache) for split in clean_splits}
-            student_deadline = time.time() + (eval_deadline - time.time()) / (len(students) - k)
-            results[name] = {'model': self.manifest['stages'][name]['model'], 'release': self.rel(folder), 'clean': r,
-                             'clean_acc': r[attack_split]['clean_acc']}
-            x_all, y_all, info = self._split(attack_split, stage.n_target, cache)
-            specs = build_suite(model, stage.attacks, eps=eps, router_steps=stage.router_steps, batch_size=stage.batch_size)
-            chunks, n = [], 0
-            while n < len(y_all):
-                size = min(stage.chunk, len(y_all) - n)
-                if n >= stage.n_min:
-                    per_image = sum(c['elapsed_seconds'] for c in chunks) / n
-                    if time.time() + per_image * size > student_deadline:
-                        break
-                chunks.append(evaluate_robustness(model, x_all[n:n + size], y_all[n:n + size], specs, stage.batch_size,
-                                                  self.device, sanity=False, progress=self.progress))
-                n += size
-                merged = merge_chunks(chunks)
-                data = dict(info, n=n, description=info['description'].replace(f"first {len(y_all)} ", f'first {n} '))
-                record = build_record(merged, results[name]['model'], weights, data, eps, 0, str(self.device),
-                                      checkpoint_sha256=sha256_file(weights))
-                record['chunks'] = merged['chunks']
-                path = os.path.join(record_dir, f'{name}.json')
-                write_report(record, path)  # each chunk's work is kept as soon as it is done
-                results[name].update(record=self.rel(path), n=n, worst_case_robust_acc=merged['worst_case']['robust_acc'],
-                                     attacks={a['name']: a['robust_acc'] for a in merged['attacks']})
-                self.manifest['stages'][stage.name]['seconds'] = time.time() - t
-                self.save()
-        self.manifest['stages'][stage.name].update(status='done', seconds=time.time() - t)
-        if not students:
-            self.manifest['stages'][stage.name]['reason'] = 'no student finished training'
+        self.slice['evaluated'] = evaluated
+        entry.update(status='partial' if deferred else 'done' if results else 'skipped',
+                     seconds=prev.get('seconds', 0.) + time.time() - t)
+        if deferred:
+            entry['reason'] = f"no time left for {', '.join(deferred)}: a later slice evaluates them"
+        elif not results:
+            entry['reason'] = 'no student or teacher has weights yet'
+        elif not pending:
+            entry['reason'] = 'no weights changed since the last evaluation'
         self.save()
 
     # export -----------------------------------------------------------------------------------------------------
+    def evaluation(self, name: str) -> Dict[str, Any]:
+        """The latest evaluation of a stage's current weights ({} when there is none)."""
+        for s in self.manifest['stages'].values():
+            r = (s.get('results') or {}).get(name) if s.get('kind') == 'evaluate' else None
+            if r and r.get('complete') and self.weights(name) and r.get('source_sha256') == self.sha(self.weights(name)):
+                return r
+        return {}
+
     def provenance(self, name: str) -> str:
-        m, s = self.manifest, self.manifest['stages'][name]
+        m, s = self.manifest, self.record(name)
         settings = s['settings']
+        slices = [x for x in m['slices'] if name in x.get('stages', {}) and x['stages'][name].get('epochs_trained')]
+        speed = (s.get('measured') or {}).get('images_per_second') or (s.get('probe') or {}).get('images_per_second', 0.)
+        flops = (s.get('probe') or {}).get('flops_per_image')
+        budgets = ', '.join(f"{x['budget_minutes']:g}" for x in slices)
         lines = ['', '## Trained by `awnet zoo`', '',
-                 f"Plan `{m['plan_name']}` with a budget of {m['budget_minutes']:g} minutes on {s['device']} ({s['precision']}), "
-                 f"seed {settings['seed']}: {s['epochs_done']} epoch(s) (planned {s['epochs_planned']}) of {s['images_per_epoch']} "
-                 f"images, {s['recipe']} recipe, {s['probe']['images_per_second']:.0f} training images/s "
-                 f"({s['probe']['tflops']:.2f} TFLOP/s achieved), {s['seconds'] / 60:.1f} minutes.", '']
-        evaluation = next((v.get('results', {}) for v in m['stages'].values() if v.get('kind') == 'evaluate'), {})
+                 f"Plan `{m['plan_name']}` on {s['device']} ({s['precision']}) in {max(1, len(slices))} run(s) of "
+                 f"{budgets or m['budget_minutes']} minutes, seed {settings['seed']}: "
+                 f"{s['epochs_done']} epoch(s) of a planned {s['epochs_planned']} over {s['images_per_epoch']} images, "
+                 f"{s['recipe']} recipe, best checkpoint by W-Robust accuracy on the {s.get('selection', 'holdout')}, "
+                 f"{speed:.0f} training images/s measured over whole epochs"
+                 + (f" ({flops * speed / 1e12:.2f} TFLOP/s)" if flops else '') + f", {s['seconds'] / 60:.1f} minutes.", '']
         for role, key in (('clean', 'teacher_nat'), ('robust', 'teacher_adv')):
             if not settings.get(key):
                 continue
             teacher = s['teachers'].get(key)
             t = m['stages'].get(teacher, {})
-            measured = evaluation.get(teacher)
-            acc = ', '.join(f"{100 * v['clean_acc']:.2f}% clean on the {v['data']}" for v in measured['clean'].values()) if measured else 'not measured'
+            measured = self.evaluation(teacher) if teacher else {}
+            acc = ', '.join(f"{100 * v['clean_acc']:.2f}% clean on the {v['data']}" for v in measured['clean'].values()) \
+                if measured else 'not measured'
             if measured and 'pgd20_acc' in measured:
                 acc += f", {100 * measured['pgd20_acc']:.2f}% under PGD-20 on {measured['pgd20_n']} exact test images"
             lines.append(f"- {role.capitalize()} teacher: `{t.get('model')}` trained by stage `{teacher}` ({t.get('recipe')}, "
@@ -458,59 +788,102 @@ class _Run:
         return '\n'.join(lines) + '\n'
 
     def run_export(self, i: int, stage: ExportStage):
+        """Export the listed students whose weights or evaluation changed since their last export."""
         t = time.time()
-        evaluation = next((v.get('results', {}) for v in self.manifest['stages'].values() if v.get('kind') == 'evaluate'), {})
-        folders = {}
+        prev = self.record(stage.name)
+        folders = {n: f for n, f in prev.get('folders', {}).items() if self.weights(n)}
+        sources = {n: v for n, v in prev.get('sources', {}).items() if n in folders}
+        exported = []
         for name in stage.students:
-            if not self.finished(name):
+            weights = self.weights(name)
+            if not weights:
                 continue
-            record = evaluation.get(name, {}).get('record')
+            record = self.evaluation(name).get('record')
+            key = {'source_sha256': self.sha(weights), 'record': record,
+                   'record_sha256': self.sha(self.path_of(record)) if record else None}
+            if sources.get(name) == key and os.path.isdir(self.path_of(folders.get(name, ''))):
+                continue
+            self.current = stage.name
             folder = self.export(name, stage.dtype, record and self.path_of(record))
             readme = os.path.join(folder, 'README.md')
             with open(readme) as f:
                 card = f.read()
             atomic_write_text(readme, card + self.provenance(name))
-            folders[name] = self.rel(folder)
-        entry = {'kind': 'export', 'status': 'done', 'folders': folders, 'seconds': time.time() - t}
+            folders[name], sources[name] = self.rel(folder), key
+            exported.append(name)
+        self.slice['exported'] = exported
+        entry = {'kind': 'export', 'status': 'done' if folders else 'skipped', 'folders': folders, 'sources': sources,
+                 'seconds': prev.get('seconds', 0.) + time.time() - t}
         if not folders:
-            entry['reason'] = 'no student finished training'
+            entry['reason'] = 'no student has weights yet'
+        elif not exported:
+            entry['reason'] = 'no weights or evaluation changed since the last export'
         self.manifest['stages'][stage.name] = entry
         self.save()
 
+    # the slice --------------------------------------------------------------------------------------------------
+    def fail(self, name: str, e: BaseException):
+        self.note(name, 'failed', f'{type(e).__name__}: {e}')
+
+    def interrupted(self, name: str, e: BaseException):
+        r = self.manifest['stages'].setdefault(name, {'kind': self.plan.stage(name).kind, 'seconds': 0.})
+        kept = f'; its run keeps epoch {e.epochs_saved}' if isinstance(e, RunInterrupted) and e.epochs_saved else ''
+        if isinstance(e, RunInterrupted):
+            r['epochs_done'] = e.epochs_saved
+        r.update(status='interrupted', reason=f'interrupted{kept}: the next --resume continues it')
+        self.slice.update(interrupted=_now(), interrupted_stage=name)
+        self.save()
+        _say(f'{name} interrupted{kept}')
+
     def run(self) -> ZooResult:
+        handled = set()
         for i, stage in enumerate(self.plan.stages):
-            if self.finished(stage.name):
-                print(f'awnet zoo: {stage.name} kept from the earlier run')
+            if stage.name in handled:
+                continue
+            if isinstance(stage, TrainStage) and self.final(stage.name):
+                _say(f'{stage.name} kept from an earlier run ({self.record(stage.name)["status"]})')
                 continue
             blocked = self.blocked_by(stage)
-            if blocked:
-                self.skip(stage, f"needs {', '.join(blocked)}, which did not finish")
+            if blocked and not isinstance(stage, TrainStage):
+                self.note(stage.name, 'skipped', f"needs {', '.join(blocked)}, which did not finish")
                 continue
+            self.current = stage.name
             try:
                 if isinstance(stage, TrainStage):
-                    self.run_train(i, stage)
+                    handled.update(self.run_train(i, stage))
                 elif isinstance(stage, EvaluateStage):
                     self.run_evaluate(i, stage)
                 else:
                     self.run_export(i, stage)
             except (ConfigError, CheckpointError, DivergenceError, ValueError, RuntimeError, FileNotFoundError) as e:
-                self.skip(stage, f'{type(e).__name__}: {e}', status='failed')
-            except BaseException:
-                self.manifest['stages'].setdefault(stage.name, {'kind': stage.kind})['status'] = 'interrupted'
-                self.save()
+                self.fail(self.current, e)
+            except BaseException as e:
+                self.interrupted(self.current, e)
                 raise
-        self.manifest['finished'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+        self.manifest['finished'] = self.slice['finished'] = _now()
         self.save()
         failed = [n for n, s in self.manifest['stages'].items() if s['status'] == 'failed']
-        print(f"\nawnet zoo: plan {self.plan.name}, budget {self.budget / 60:g} min, used {(time.time() - self.t0) / 60:.2f} min "
-              f"on {self.manifest['device']}\n{summary_table(self.manifest)}\nmanifest: {self.path}")
+        print(f"\nawnet zoo: plan {self.plan.name}, slice {len(self.manifest['slices'])}, budget {self.budget / 60:g} min, "
+              f"used {(time.time() - self.t0) / 60:.2f} min ({self.slice['cpu_minutes']:.1f} CPU-minutes) on "
+              f"{self.manifest['device']}\n{summary_table(self.manifest)}\nmanifest: {self.path}", flush=True)
         return ZooResult(self.out, self.manifest, failed)
 
 
+def _plan_sha(plan: Plan) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
 def run_zoo(plan: Plan, budget_minutes: float, data_dir: str, out: str, device: str = 'auto', resume: bool = False,
-            progress: bool = True) -> ZooResult:
-    """Run `plan` within `budget_minutes` on the data in `data_dir`, writing runs, records, releases and manifest.json to `out`."""
+            progress: bool = True, redo: Sequence[str] = ()) -> ZooResult:
+    """ Run `plan` for one slice of `budget_minutes` on the data in `data_dir`, writing runs, records, releases and
+    manifest.json to `out`; `resume` continues the run in `out`, `redo` names stages to do again from scratch. """
+    if not isinstance(plan, Plan):
+        raise ZooError(f"run_zoo takes a Plan (e.g. load_plan('smoke')), got {type(plan).__name__} {plan!r}")
+    if isinstance(redo, str) or not all(isinstance(n, str) for n in redo):
+        raise ZooError(f"redo is a list of stage names, got {redo!r}")
+    if isinstance(budget_minutes, bool) or not isinstance(budget_minutes, (int, float)) or not 0 < budget_minutes < math.inf:
+        raise ZooError(f'the budget must be a finite number of minutes > 0, got {budget_minutes!r}')
     if not os.path.isdir(data_dir):
         raise ZooError(f"data directory '{data_dir}' does not exist (e.g. ../shared/data/cifar10 for the offline CIFAR-10 copy)")
-    return _Run(plan, budget_minutes, data_dir, out, device, resume, progress).run()
-
+    return _Run(plan, budget_minutes, data_dir, out, device, resume, progress, redo).run()
