@@ -257,3 +257,25 @@ def test_export_of_a_record_made_from_local_dir(tiny_run, tmp_path, capsys):
     other, _ = eval_record(weights, str(tmp_path / 'other.json'), model=f'local-dir:{static}')
     with pytest.raises(HubReleaseError, match=f"record is of model 'local-dir:{static}', the export is 'awnet_r18'"):
         export_checkpoint(tiny_run, folder, eval_record=other, overwrite=True)
+
+
+@pytest.mark.parametrize('base, kwargs, variant', [
+    ('cifar_resnet18', dict(channels=[16, 32, 64, 128]), 'cifar_resnet18_025'),
+    ('awnet_r18', dict(channels=[16, 32, 64, 128], router_channels=[16, 32, 64, 128]), 'awnet_r18_025'),
+])
+def test_a_run_of_a_base_model_at_compact_widths_exports_as_the_compact_entrypoint(tmp_path, base, kwargs, variant):
+    """The zoo's plans train compact models as their base with widths (cifar_resnet18 + channels 16..128): the export
+    names the registered entrypoint (cifar_resnet18_025), whose pretrained tag loads it with no extra arguments."""
+    run = make_run(str(tmp_path / 'run'), model=base, model_kwargs=kwargs)
+    result = export_checkpoint(run, str(tmp_path / 'out'), tag='mtard_cifar10')
+    assert (result.architecture, result.repo_id) == (variant, f'awnet-timm/{variant}.mtard_cifar10')
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['architecture'] == variant and not {'channels', 'router_channels'} & set(config.get('model_args', {}))
+    loaded = timm.create_model(variant, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'out' / 'model.safetensors')))
+    trained = load_file(os.path.join(run, 'best.safetensors'))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
+    _, record = eval_record(str(tmp_path / 'out' / 'model.safetensors'), str(tmp_path / 'eval.json'), model=base)
+    assert export_checkpoint(run, str(tmp_path / 'out'), tag='mtard_cifar10', eval_record=str(tmp_path / 'eval.json'),
+                             overwrite=True).evaluated  # a record of the run's model name (the zoo's) is its record
+    wider = make_run(str(tmp_path / 'wider'), model=base, model_kwargs=dict(kwargs, channels=[16, 32, 64, 256]))
+    assert export_checkpoint(wider, str(tmp_path / 'wider-out'), tag='mtard_cifar10').architecture == base

@@ -202,9 +202,11 @@ def _record_architecture(model: str) -> Optional[str]:
     return config.get('architecture') if isinstance(config, dict) else None
 
 
-def check_eval_record(record: Dict[str, Any], architecture: str, sha256: str, weights_path: str) -> None:
-    """Refuse a record made on another architecture or on another file than `weights_path` (sha256 `sha256`)."""
-    if _record_architecture(record['model']) not in (architecture, None):
+def check_eval_record(record: Dict[str, Any], architecture: str, sha256: str, weights_path: str,
+                      trained_as: Optional[str] = None) -> None:
+    """Refuse a record made on another architecture or on another file than `weights_path` (sha256 `sha256`);
+    `trained_as`: the base model a compact variant was trained (and evaluated) as, e.g. cifar_resnet18."""
+    if _record_architecture(record['model']) not in (architecture, trained_as, None):
         raise HubReleaseError(f"the evaluation record is of model '{record['model']}', the export is '{architecture}'")
     if record['checkpoint_sha256'] != sha256:
         raise HubReleaseError(

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from timm.models import save_for_hf
 
-from ..models.awnet import HUB_ORG
+from ..models.awnet import HUB_ORG, registered_variant
 from ..training import TrainConfig, create_model_with_weights, load_run_config
 from ..training.arat import deploy_adv_bn
 from ..training.checkpoint import CheckpointError, nonfinite_tensors
@@ -201,7 +201,8 @@ def export_checkpoint(
     run_dir, weights_path = _find_run(checkpoint, weights)
     record = load_eval_record(eval_record) if eval_record else None  # fail early on a malformed record
     cfg = load_run_config(run_dir)
-    architecture = architecture_of(cfg.model)
+    trained_as = architecture_of(cfg.model)  # a base model with a compact variant's widths exports as that variant
+    architecture, model_args = registered_variant(trained_as, cfg.model_args())
     tag = tag or default_tag(cfg)
     if not tag.replace('_', '').replace('-', '').isalnum():
         raise HubReleaseError(f"tag '{tag}' must be letters, digits, '_' and '-' (it becomes part of the repo name)")
@@ -210,7 +211,7 @@ def export_checkpoint(
     _check_out_dir(out_dir, overwrite)
 
     try:
-        model = create_model_with_weights(architecture, weights_path, **cfg.model_args()).eval()
+        model = create_model_with_weights(architecture, weights_path, **model_args).eval()
     except CheckpointError as e:
         raise HubReleaseError(f'cannot load the run weights {weights_path}: {e}') from None
     bad = nonfinite_tensors(model.state_dict())
@@ -218,7 +219,7 @@ def export_checkpoint(
         raise HubReleaseError(f"'{weights_path}' holds NaN or inf in {len(bad)} tensors ({', '.join(bad[:3])}"
                               f"{', ...' if len(bad) > 3 else ''}): the run diverged; export finite weights (--weights best)")
     if cfg.recipe == 'arat':  # ARAT deploys its Adv BN alone: export a static network, one BN per site
-        model = deploy_adv_bn(model, architecture, **cfg.model_args()).eval()
+        model = deploy_adv_bn(model, architecture, **model_args).eval()
     params = sum(p.numel() for p in model.parameters())
     label_names = _label_names(cfg, model)
     # the config describes the export: its tag, its input size, no CIFAR-10 label names for another dataset
@@ -245,7 +246,7 @@ def export_checkpoint(
                     safe_serialization=True)
         sha = sha256_file(os.path.join(tmp, 'model.safetensors'))
         if record is not None:
-            check_eval_record(record, architecture, sha, os.path.join(out_dir, 'model.safetensors'))
+            check_eval_record(record, architecture, sha, os.path.join(out_dir, 'model.safetensors'), trained_as)
             record = _shipped_record(record, architecture)  # the card shows it too: no local path in either
             _write_json(os.path.join(tmp, 'awnet_eval.json'), record)
         with open(os.path.join(tmp, 'config.json')) as f:

@@ -38,7 +38,8 @@ from ..layers import AdversarialRouter, AWStage, ConvNormAct, HPMHead, RouterOut
     check_pixel_values, input_check_mode
 from .pretrained import check_weights_fit, explain_load_errors, may_be_served
 
-__all__ = ['AWNet', 'ROUTES', 'use_route', 'PUBLISHED_WEIGHTS', 'RELEASED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES']
+__all__ = ['AWNet', 'ROUTES', 'use_route', 'PUBLISHED_WEIGHTS', 'RELEASED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES',
+           'registered_variant']
 
 ROUTES = ('auto', 'clean', 'adv', 'detach')
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -422,6 +423,21 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 
 HUB_ORG = 'awnet-timm'
 QUARTER_WIDTHS = (16, 32, 64, 128)
+# the compact entrypoints as their base model with constructor arguments (a run trained as the base with these
+# arguments holds the compact model's weights, key for key)
+COMPACT_VARIANTS = {
+    'awnet_r18_025': ('awnet_r18', dict(channels=QUARTER_WIDTHS, router_channels=QUARTER_WIDTHS)),
+    'cifar_resnet18_025': ('cifar_resnet18', dict(channels=QUARTER_WIDTHS)),
+}
+
+
+def registered_variant(model: str, model_args: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """The registered name of `model` built with `model_args`, and the arguments left: ('cifar_resnet18_025', {}) for
+    ('cifar_resnet18', {'channels': [16, 32, 64, 128]}); the model and its arguments as given when no variant fits."""
+    for variant, (base, fixed) in COMPACT_VARIANTS.items():
+        if model == base and all(k in model_args and tuple(model_args[k]) == tuple(v) for k, v in fixed.items()):
+            return variant, {k: v for k, v in model_args.items() if k not in fixed}
+    return model, dict(model_args)
 
 default_cfgs = generate_default_cfgs({
     'awnet_r18.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/awnet_r18.mtard_cifar10'),

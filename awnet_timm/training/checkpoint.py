@@ -150,10 +150,14 @@ def create_model_with_weights(
     run_cfg = _run_config_beside(path)
     if run_cfg is not None:
         # weights from a run of awnet train: build the model that run trained
-        if run_cfg['model'].split('.')[0] != name.split('.')[0]:
-            raise CheckpointError(f"'{path}' was trained as '{run_cfg['model']}', not '{name}'")
         from .config import TrainConfig
-        kwargs = dict(TrainConfig.from_dict(run_cfg).model_args(), **kwargs)
+        from ..models.awnet import registered_variant
+        trained = TrainConfig.from_dict(run_cfg)
+        base = trained.model.split(':')[-1].split('.')[0]
+        variant, variant_args = registered_variant(base, trained.model_args())  # cifar_resnet18 at 16..128: _025
+        if name.split('.')[0] not in (base, variant):
+            raise CheckpointError(f"'{path}' was trained as '{run_cfg['model']}', not '{name}'")
+        kwargs = dict(variant_args if name.split('.')[0] == variant != base else trained.model_args(), **kwargs)
     state = load_weights_file(path)
     cfg = timm.models.get_pretrained_cfg(name.split(':')[-1]) if not name.startswith('hf-hub:') else None
     classifier = (cfg.classifier if cfg is not None else None) or 'head'

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Release the CPU campaign's models (plan cifar10-cpu) into hub/releases/: each as an fp16 Hub folder under its
+# registered name, evaluated on that very file, then the weights through one commit (scripts/release_weights.py).
+#
+#   bash scripts/release_cpu_campaign.sh output/campaign/zoo [teachers|students|all] [--no-commit]
+#
+# Teachers (teacher_clean -> cifar_resnet18_025.standard_cifar10, teacher_robust -> cifar_resnet18_025.pgd_at_cifar10):
+# exported, then `awnet eval` on the exported file (the first N_TEACHER exact test images, default 500: FGSM, PGD-20,
+# CW-inf; sanity checks on), then exported again with that record. Students (student_awnet_r18_025 ->
+# awnet_r18_025.mtard_cifar10, student_cifar_resnet18_025 -> cifar_resnet18_025.mtard_cifar10): the zoo has already
+# evaluated its fp16 export (paper and router attacks on the exact test images); they are exported again under the
+# registered name with that record (the export is deterministic: same file, same sha256).
+# Environment: PYTHON (default .venv/bin/python), DATA_DIR (default ../shared/data/cifar10), N_TEACHER.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ZOO=${1:?usage: release_cpu_campaign.sh ZOO_DIR [teachers|students|all] [--no-commit]}
+WHAT=${2:-all}
+COMMIT=1; [ "${3:-}" = "--no-commit" ] && COMMIT=0
+PYTHON=${PYTHON:-.venv/bin/python}
+DATA_DIR=${DATA_DIR:-../shared/data/cifar10}
+N_TEACHER=${N_TEACHER:-500}
+AWNET=("$PYTHON" -m awnet_timm.cli)
+EVAL_DIR=$ZOO/release-eval
+mkdir -p "$EVAL_DIR"
+released=()
+
+manifest() {  # a field of the zoo manifest: manifest STAGE KEY
+    "$PYTHON" -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['stages'].get(sys.argv[2], {}).get(sys.argv[3], ''))" \
+        "$ZOO/manifest.json" "$1" "$2"
+}
+
+release_teacher() {  # STAGE NAME TAG
+    local stage=$1 name=$2 tag=$3 status run out
+    status=$(manifest "$stage" status)
+    if [ "$status" != "done" ]; then echo "$stage: status '$status', not released (it trains to its planned total first)"; return; fi
+    run=$ZOO/$(manifest "$stage" run_dir)
+    out=hub/releases/$name.$tag
+    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --overwrite
+    "${AWNET[@]}" eval --model "$name" --checkpoint "$out/model.safetensors" --data-dir "$DATA_DIR" --n "$N_TEACHER" \
+        --attacks fgsm pgd_sat cw_inf --device cpu --no-progress --out "$EVAL_DIR/$name.$tag.json"
+    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --eval "$EVAL_DIR/$name.$tag.json" --overwrite
+    released+=("$out")
+}
+
+release_student() {  # STAGE NAME TAG
+    local stage=$1 name=$2 tag=$3 run record out
+    run=$ZOO/$(manifest "$stage" run_dir)
+    record=$("$PYTHON" -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['stages']['evaluate']['results'].get(sys.argv[2], {}).get('record', ''))" \
+        "$ZOO/manifest.json" "$stage" 2>/dev/null || true)
+    if [ -z "$record" ]; then echo "$stage: no evaluation record in the zoo yet, not released"; return; fi
+    out=hub/releases/$name.$tag
+    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --eval "$ZOO/$record" --overwrite
+    released+=("$out")
+}
+
+if [ "$WHAT" = teachers ] || [ "$WHAT" = all ]; then
+    release_teacher teacher_clean cifar_resnet18_025 standard_cifar10
+    release_teacher teacher_robust cifar_resnet18_025 pgd_at_cifar10
+fi
+if [ "$WHAT" = students ] || [ "$WHAT" = all ]; then
+    release_student student_awnet_r18_025 awnet_r18_025 mtard_cifar10
+    release_student student_cifar_resnet18_025 cifar_resnet18_025 mtard_cifar10
+fi
+[ ${#released[@]} -eq 0 ] && { echo "nothing to release"; exit 0; }
+echo "exported: ${released[*]}"
+if [ $COMMIT = 1 ]; then
+    "$PYTHON" scripts/release_weights.py commit "${released[@]}"
+fi
