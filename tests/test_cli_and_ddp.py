@@ -40,14 +40,16 @@ def test_finetune_needs_weights_and_bad_options_fail_clearly(capsys, tmp_path):
     assert "expected a number such as 0.03 or 8/255" in capsys.readouterr().err
 
 
-def test_runs_hold_out_the_val_split_of_an_imagefolder_and_the_test_split_of_other_datasets():
+def test_runs_pick_their_best_checkpoint_on_a_holdout_of_the_training_images_by_default():
+    """Issue 18: the per-epoch evaluation (and the best checkpoint) defaults to the last --val-size training images
+    for every dataset, never to the split that `awnet eval` reports on; another split is used only when asked."""
     def val_split(command, *more):
         args = build_parser().parse_args([command, '--pretrained', 'w.safetensors', '--data-dir', 'd', *more])
         return config_from_args(command, args).val_split
-    assert val_split('finetune') == 'val' and val_split('finetune', '--dataset', 'cifar10-offline') == 'test'
-    assert val_split('train') == 'test' and val_split('train', '--dataset', 'imagefolder') == 'val'
-    assert val_split('finetune', '--dataset', 'cifar10-offline', '--val-split', 'holdout') == 'holdout'
-    assert TrainConfig(dataset='imagefolder').val_split == 'val' and TrainConfig().val_split == 'test'
+    assert val_split('finetune') == 'holdout' and val_split('finetune', '--dataset', 'cifar10-offline') == 'holdout'
+    assert val_split('train') == 'holdout' and val_split('train', '--dataset', 'imagefolder') == 'holdout'
+    assert val_split('finetune', '--dataset', 'cifar10-offline', '--val-split', 'test') == 'test'
+    assert TrainConfig(dataset='imagefolder').val_split == 'holdout' and TrainConfig().val_split == 'holdout'
 
 
 def _tiny_train_args(digits, out, *more):
@@ -117,7 +119,7 @@ def test_grayscale_finetune_of_a_run_with_model_kwargs_then_export(digits, tmp_p
     assert model.get_submodule(model.pretrained_cfg['first_conv']).weight.shape[1] == 1
     result = export_checkpoint(run, str(tmp_path / 'export'), tag='pgd_at_digits')
     card = open(os.path.join(result.folder, 'README.md')).read()
-    assert "the epoch with the best W-Robust accuracy (clean and PGD-1) on 9 images of the 'val' split" in card
+    assert 'the epoch with the best W-Robust accuracy (clean and PGD-1) on 9 training images held out of training' in card
 
 
 def test_awnet_train_mtard_end_to_end_on_offline_cifar10_then_resume(cifar10_root, teacher_run, tmp_path, capsys):

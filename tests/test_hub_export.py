@@ -189,12 +189,16 @@ def test_export_refuses_nonfinite_weights_and_writes_ordinary_files(tiny_run, tm
     assert os.stat(out).st_mode & 0o777 == usual_mode(directory=True)
 
 
-def test_card_says_how_many_images_picked_the_best_epoch(tiny_run, tmp_path):
+def test_card_says_how_many_images_picked_the_best_epoch(tmp_path):
     run = tmp_path / 'run'
-    shutil.copytree(tiny_run, run)
+    make_run(str(run), model_kwargs=TINY_AWNET, val_split='test')  # selected on the test split: said, with a caution
     card = open(os.path.join(export_checkpoint(str(run), str(tmp_path / 'a')).folder, 'README.md')).read()
     assert 'the first 1000 images of the test split (as the paper picks its best W-Robust checkpoint) (as configured; ' \
         'fewer if the split was smaller)' in card  # no log: only the configured count is known
+    assert '**Caution: this checkpoint was chosen on test images' in card
+    held = make_run(str(tmp_path / 'held'), model_kwargs=TINY_AWNET)  # the default: a holdout of the training images
+    card = open(os.path.join(export_checkpoint(held, str(tmp_path / 'h')).folder, 'README.md')).read()
+    assert '1000 training images held out of training' in card and 'Caution' not in card
     with open(run / 'log.jsonl', 'w') as f:
         for epoch in (86, 87, 88):
             f.write(json.dumps({'epoch': epoch, 'val_images': 9 if epoch == 87 else 5}) + '\n')

@@ -81,7 +81,11 @@ def test_always_checks_every_call_off_never(make):
         model(bad)
         assert make(input_check='off').eval()(bad).shape == (2, 10)
     with pytest.raises(ValueError, match="expected one of warn, error, always, off"):
-        model.set_input_check('first')
+        model.set_input_check('once')
+    model.set_input_check('first')  # the old default's name: refuse a bad first batch, as 'error' does
+    assert model.input_check == 'error'
+    with pytest.raises(ValueError, match='0-255'):
+        make(input_check='first').eval()(bad)
 
 
 @pytest.mark.parametrize('make', MODELS)

@@ -1,6 +1,8 @@
 """MTARD's loss terms against hand computations."""
 import math
 
+import pytest
+import timm
 import torch
 
 from awnet_timm.training import AdaptiveTeacherWeights, distill_kl, type_loss
@@ -43,6 +45,32 @@ def test_distill_kl_matches_mtard_convention():
             q = torch.log_softmax(s[i] / tau, 0)
             ref += sum(p[j] * (math.log(p[j] + 1e-5) - q[j]) for j in range(4))
         assert math.isclose(distill_kl(s, t, tau).item(), float(ref) / 12, rel_tol=1e-5)
+        # the per-sample KL: summed over the 4 classes, averaged over the 3 samples
+        assert math.isclose(distill_kl(s, t, tau, 'batchmean').item(), float(ref) / 3, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="'mean' or 'batchmean'"):
+        distill_kl(s, t, 1.0, 'sum')
+
+
+def test_mtard_recipe_uses_the_configured_kl_reduction(digits, teacher_run):
+    from awnet_timm.training import create_recipe
+    from awnet_timm.training.config import ConfigError
+    from awnet_timm.training.trainer import TrainForward
+    from awnet_timm.training.teachers import load_teacher
+    from conftest import TINY, tiny_config
+    kl = {}
+    for reduction in ('mean', 'batchmean'):
+        torch.manual_seed(0)
+        cfg = tiny_config(digits, '.', recipe='mtard', model='cifar_resnet18', model_kwargs=TINY, kl_reduction=reduction,
+                          teacher_nat='cifar_resnet18', teacher_nat_checkpoint=teacher_run,
+                          teacher_adv='cifar_resnet18', teacher_adv_checkpoint=teacher_run)
+        model = timm.create_model('cifar_resnet18', num_classes=10, **TINY).train()
+        teachers = [load_teacher('cifar_resnet18', teacher_run, 10) for _ in range(2)]
+        recipe = create_recipe(cfg, model, TrainForward(model), teachers)
+        x, y = torch.rand(8, 3, 16, 16), torch.arange(8)
+        kl[reduction] = recipe.loss(x, y)[1]['kl_nat'].item()
+    assert math.isclose(kl['batchmean'], 10 * kl['mean'], rel_tol=1e-4)  # 10 classes
+    with pytest.raises(ConfigError, match="unknown kl_reduction 'sum'"):
+        tiny_config(digits, '.', kl_reduction='sum').validate()
 
 
 def test_type_loss_is_bce_of_p_clean():

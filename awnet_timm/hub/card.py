@@ -273,8 +273,10 @@ def _selection(cfg: TrainConfig, info: CardInfo) -> str:
             held = f"{n} images of the '{cfg.val_split}' split"
         if info.val_images is None:
             held += ' (as configured; fewer if the split was smaller)'
+        caution = ('. **Caution: this checkpoint was chosen on test images, so test accuracies measured on those '
+                   'images are optimistic**' if cfg.val_split == 'test' else '')
         return (f'`{info.weights_file}`: the epoch with the best W-Robust accuracy (clean and PGD-{cfg.val_attack_steps}) '
-                f'on {held}; {epoch}')
+                f'on {held}; {epoch}{caution}')
     return f'`{info.weights_file}`: the last epoch of the run; {epoch}'
 
 

@@ -33,6 +33,8 @@ class PixelRangeWarning(UserWarning):
 
 
 def input_check_mode(mode: str) -> str:
+    if mode == 'first':  # the default of awnet-timm <= 0.1's: refuse a bad first batch, which 'error' does
+        return 'error'
     if mode not in INPUT_CHECKS:
         raise ValueError(f"unknown input_check '{mode}': expected one of {', '.join(INPUT_CHECKS)}")
     return mode

@@ -75,7 +75,8 @@ class TrainConfig:
     download: bool = _f(False, 'let torchvision download CIFAR into --data-dir')
     train_split: str = _f('train', 'split to train on')
     val_split: str = _f('', "split of the held-out set ('holdout': the last --val-size training images, kept out of "
-                            "training) (default: the dataset's, 'val' for imagefolder and 'test' for the others)")
+                            "training; the default for every dataset, so the split `awnet eval` reports on never picks the best "
+                            "checkpoint) or a split of the dataset ('test', 'val')")
     val_size: int = _f(1000, 'images in the held-out set (0: no per-epoch evaluation)')
     train_size: Optional[int] = _f(None, 'train on the first N images only (default: all)')
     img_size: Optional[int] = _f(None, 'resize images to this size (default: as stored)')
