@@ -283,3 +283,17 @@ def test_a_run_of_a_base_model_at_compact_widths_exports_as_the_compact_entrypoi
                              overwrite=True).evaluated  # a record of the run's model name (the zoo's) is its record
     wider = make_run(str(tmp_path / 'wider'), model=base, model_kwargs=dict(kwargs, channels=[16, 32, 64, 256]))
     assert export_checkpoint(wider, str(tmp_path / 'wider-out'), tag='mtard_cifar10').architecture == base
+
+
+def test_card_describes_the_schedule_and_the_training_attack_the_run_used(tmp_path):
+    cosine = make_run(str(tmp_path / 'cos'), model='cifar_resnet18', model_kwargs=TINY_STATIC, recipe='pgd_at',
+                      sched='cosine', attack='nfgsm', epochs=15, teacher_nat='', teacher_adv='', teacher_nat_checkpoint='',
+                      teacher_adv_checkpoint='')
+    card = open(os.path.join(export_checkpoint(cosine, str(tmp_path / 'a')).folder, 'README.md')).read()
+    assert 'cosine decay to 0 over the epochs, per step' in card and 'from epochs' not in card
+    assert '**Training attack:** N-FGSM (de Jorge et al., 2022): one step of 8/255 from x + U(-2 eps, 2 eps)' in card
+    assert 'PGD-10, eps' not in card and 'model in eval mode while attacking' in card
+    mtard = make_run(str(tmp_path / 'mt'), model_kwargs=TINY_AWNET, kl_reduction='batchmean', warmup_epochs=2)
+    card = open(os.path.join(export_checkpoint(mtard, str(tmp_path / 'b')).folder, 'README.md')).read()
+    assert 'lr x0.1 from epochs 75, 90, the first 2 epoch(s) a linear warm-up' in card
+    assert "L-inf PGD-10, eps 8/255, step 2/255, normal random start" in card and '**Distillation KL:** `batchmean`' in card

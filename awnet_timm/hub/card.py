@@ -280,6 +280,28 @@ def _selection(cfg: TrainConfig, info: CardInfo) -> str:
     return f'`{info.weights_file}`: the last epoch of the run; {epoch}'
 
 
+def _lr_schedule(cfg: TrainConfig) -> str:
+    """The lr schedule of a run, as `training/schedules.py` builds it."""
+    warmup = f'{cfg.warmup_epochs} linear warm-up epoch(s) from lr/100, then ' if cfg.warmup_epochs else ''
+    if cfg.sched == 'multistep':
+        return f'lr x{cfg.decay_rate} from epochs {", ".join(map(str, cfg.decay_milestones))}' + (
+            f', the first {cfg.warmup_epochs} epoch(s) a linear warm-up' if cfg.warmup_epochs else '')
+    if cfg.sched == 'onecycle':
+        return f'one-cycle lr: linear from 0 to {cfg.lr} over {cfg.onecycle_peak:.0%} of the steps, then linear to 0'
+    shape = 'cosine' if cfg.sched == 'cosine' else 'linear'
+    return f'{warmup}{shape} decay to 0 over the epochs, per step'
+
+
+def _training_attack(cfg: TrainConfig) -> str:
+    """The training attack of a run, as `training/recipes.py` builds it."""
+    if cfg.attack == 'nfgsm':
+        step = cfg.nfgsm_step if cfg.nfgsm_step is not None else cfg.eps
+        return (f'N-FGSM (de Jorge et al., 2022): one step of {_fmt(step)} from x + U(-{cfg.nfgsm_noise:g} eps, '
+                f'{cfg.nfgsm_noise:g} eps), not projected back onto the eps-ball, eps {_fmt(cfg.eps)}')
+    return (f'L-inf PGD-{cfg.attack_steps}, eps {_fmt(cfg.eps)}, step {_fmt(cfg.attack_step)}, '
+            f'{cfg.resolved_attack_start} random start')
+
+
 def _recipe_lines(cfg: TrainConfig, info: CardInfo) -> List[str]:
     awnet = info.architecture.startswith('awnet_')
     lines = [f'- **Recipe:** `{cfg.recipe}`, {_RECIPES.get(cfg.recipe, cfg.recipe)}',
@@ -287,12 +309,13 @@ def _recipe_lines(cfg: TrainConfig, info: CardInfo) -> List[str]:
              f'- **Weights:** {_selection(cfg, info)}',
              f'- **Schedule:** {cfg.epochs} epochs, batch {cfg.batch_size}, SGD momentum {cfg.momentum}, lr {cfg.lr}'
              + (f' (router {cfg.router_lr})' if awnet else '') + f', weight decay {cfg.weight_decay}, '
-             f'lr x{cfg.decay_rate} from epochs {", ".join(map(str, cfg.decay_milestones))}'
-             + (f', {cfg.warmup_epochs} warm-up epochs' if cfg.warmup_epochs else '')]
+             + _lr_schedule(cfg)]
     if cfg.recipe != 'standard':
-        lines.append(f'- **Training attack:** L-inf PGD-{cfg.attack_steps}, eps {_fmt(cfg.eps)}, step '
-                     f'{_fmt(cfg.attack_step)}, {cfg.resolved_attack_start} random start'
+        lines.append(f'- **Training attack:** {_training_attack(cfg)}, model in {cfg.attack_bn} mode while attacking'
                      + (f", AW-Net route '{cfg.attack_route}'" if awnet else ''))
+    if cfg.recipe == 'mtard' and cfg.kl_reduction != 'mean':
+        lines.append(f"- **Distillation KL:** `{cfg.kl_reduction}` (summed over the classes, averaged over the batch; "
+                     f"MTARD's code averages over batch x classes)")
     if cfg.recipe == 'mtard':
         lines.append(f'- **MTARD:** student temperature tau {cfg.tau}, teacher-weight step eta {cfg.eta}'
                      + (f", router type-loss weight {cfg.type_loss_weight}" if awnet else ''))
