@@ -1,5 +1,6 @@
 """ Pretrained loading for real: download through a Hub mirror (olah), offline from the warm cache, and errors """
 import os
+import re
 import shutil
 import signal
 import socket
@@ -158,6 +159,12 @@ def test_missing_download_says_what_to_do(tmp_path, monkeypatch):
     assert "pretrained_cfg_overlay=dict(file='path/to/model.safetensors')" in message
 
 
+def read_releases_list():
+    """The weights files hub/releases/README.md lists (scripts/release_weights.py keeps it)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'hub', 'releases', 'README.md')
+    return re.findall(r'^\| `([^`]+)` \|', open(path).read(), flags=re.M) if os.path.isfile(path) else []
+
+
 def test_unknown_tag_and_unpublished_weights_say_what_to_do():
     with pytest.raises(RuntimeError, match=r'Invalid pretrained tag \(nope\) for awnet_r18\. Its tags: '
                                            r'awnet_r18\.mtard_cifar10 \(with published weights: none yet\)'):
@@ -165,6 +172,13 @@ def test_unknown_tag_and_unpublished_weights_say_what_to_do():
     with pytest.raises(RuntimeError, match=r"No weights for 'awnet_r34.mtard_cifar10' have been published yet "
                                            r".*local-dir:path/to/folder.*pretrained_cfg_overlay"):
         timm.create_model('awnet_r34', pretrained=True)
+    with pytest.raises(RuntimeError, match=r"No weights for 'awnet_r18.mtard_cifar10' have been published yet .*"
+                                           r"Trained weights exist for: .*cifar_resnet18_025\.pgd_at_cifar10.*"
+                                           r"served by `awnet mirror hub/releases`"):
+        timm.create_model('awnet_r18', pretrained=True)  # the full-size model names the released compact weights
+    released = read_releases_list()
+    assert {f'hub/releases/{n}/model.safetensors' for n in awnet_module.RELEASED_WEIGHTS} <= set(released), \
+        'every name in RELEASED_WEIGHTS is listed in hub/releases/README.md'
 
 
 def test_corrupt_or_missing_weights_file_says_what_to_do(tmp_path):

@@ -51,7 +51,7 @@ CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog
 PUBLISHED_WEIGHTS: Set[str] = set()
 # `arch.tag` names whose weights are released in this repository (hub/releases, listed in its README.md with
 # their sha256 and commit; `awnet mirror hub/releases` serves them) but not yet uploaded to the Hub.
-RELEASED_WEIGHTS: Set[str] = set()
+RELEASED_WEIGHTS: Set[str] = {'cifar_resnet18_025.pgd_at_cifar10', 'cifar_resnet18_025.standard_cifar10'}
 
 
 def _check_route(route: str) -> None:
