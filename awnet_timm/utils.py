@@ -8,7 +8,7 @@ from typing import Any, Callable, Type
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_write_text', 'read_json', 'sha256_file', 'eps_string', 'number_arg', 'resolve_device', 'DeviceError',
+__all__ = ['native_bf16', 'atomic_write', 'atomic_write_text', 'read_json', 'sha256_file', 'eps_string', 'number_arg', 'resolve_device', 'DeviceError',
            'check_output_path', 'usual_mode']
 
 
@@ -39,6 +39,18 @@ def resolve_device(name: str = 'auto') -> torch.device:
     elif device.type not in ('cpu', 'cuda', 'mps'):
         raise DeviceError(f"device '{name}' is not supported: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 matmuls and convs natively: a CUDA GPU with bf16, or a CPU with AMX-BF16 tiles
+    (Intel Sapphire Rapids and later; oneDNN runs bf16 there at several times its fp32 rate). A CPU without them
+    (AVX2, AVX-512 without AMX) emulates bf16, which is slower than fp32."""
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    if device.type == 'cpu':
+        amx = getattr(torch.cpu, '_is_amx_tile_supported', None)  # torch >= 2.3
+        return bool(amx is not None and amx() and torch.backends.mkldnn.is_available())
+    return False
 
 
 def usual_mode(directory: bool = False) -> int:

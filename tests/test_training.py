@@ -2,6 +2,7 @@
 import dataclasses
 import functools
 import json
+import math
 import os
 
 import pytest
@@ -49,7 +50,9 @@ def test_paper_defaults():
     (dict(decay_milestones=(90, 75)), 'increasing'),
     (dict(batch_size=0), 'batch_size must be >= 1'),
     (dict(precision='fp16'), "unknown precision 'fp16'"),
-    (dict(attack_route='clean'), "attack_route must be 'adv' or 'auto'"),
+    (dict(attack_route='both'), "attack_route must be one of adv, auto, clean, mixed"),
+    (dict(val_attack_step=-0.1), 'val_attack_step must be >= 0'),
+    (dict(val_attack_step=2.0), 'pixel units'),
 ])
 def test_malformed_configs_fail_clearly(change, message):
     cfg = TrainConfig(**dict(dict(teacher_nat='a', teacher_adv='b'), **change))
@@ -57,6 +60,19 @@ def test_malformed_configs_fail_clearly(change, message):
         cfg.validate()
     with pytest.raises(ConfigError, match="unknown config keys \\['lr_router'\\]"):
         TrainConfig.from_dict({'lr_router': 0.1})
+
+
+def test_precision_rule_and_the_per_epoch_pgd_step(monkeypatch):
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    assert not TrainConfig(precision='auto').autocast(cpu) and TrainConfig(precision='auto').autocast(cuda)
+    assert TrainConfig(precision='bf16').autocast(cpu) and not TrainConfig(precision='fp32').autocast(cuda)
+    for amx in (False, True):  # 'fast': bf16 exactly where the CPU has AMX tiles
+        monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda amx=amx: amx)
+        assert TrainConfig(precision='fast').autocast(cpu) is amx
+    # the per-epoch PGD keeps its own step whatever the training attack's (PGD-2's 10/255 would be another attack)
+    cfg = TrainConfig(attack_steps=2, attack_step=10 / 255, val_attack_steps=10)
+    assert math.isclose(cfg.val_step(), 2 / 255) and math.isclose(TrainConfig(val_attack_steps=20).val_step(), 1 / 255)
+    assert dataclasses.replace(cfg, val_attack_step=3 / 255).val_step() == 3 / 255
 
 
 def test_mtard_steps_reduce_the_loss_and_move_each_bn_branch_with_its_own_data(digits, teacher_run, outcome_seed):
@@ -188,6 +204,9 @@ def test_resume_refuses_another_config_and_existing_runs_are_not_overwritten(dig
     run = train(cfg)
     with pytest.raises(ConfigError, match="lr: saved 0.1, given 0.5"):
         train(dataclasses.replace(cfg, resume=run.run_dir, lr=0.5))
+    # a compute setting may change (a campaign moves to a machine with or without bf16 units): weights stay fp32
+    more = train(dataclasses.replace(cfg, resume=run.run_dir, precision='bf16', epochs=cfg.epochs + 1))
+    assert more.epochs_done == cfg.epochs + 1
     with pytest.raises(ConfigError, match='already holds a run'):
         train(cfg)
     with pytest.raises(CheckpointError, match='no .*last.state.safetensors'):

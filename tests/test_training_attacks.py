@@ -98,3 +98,27 @@ def test_cheap_training_attacks_keep_pgd20_accuracy(digits, tmp_path, attack, st
     clean = (counts['correct_clean'] / counts['count']).item()
     print(f'{attack} k={steps}: clean {clean:.3f}, PGD-20 {robust:.3f} on 256 digits (eps 8/255)')
     assert robust > 0.2 and clean > 0.3
+
+
+def test_mixed_attack_route_attacks_half_the_batch_through_each_bn_branch(digits):
+    """attack_route='mixed': the first half of the batch is PGD in route adv, the rest PGD in route clean (same draws)."""
+    import timm
+    from awnet_timm.training.recipes import TrainForward, create_recipe
+    from conftest import TINY_AWNET
+    torch.manual_seed(0)
+    model = timm.create_model('awnet_r18', num_classes=10, **TINY_AWNET).eval()
+    cfg = tiny_config(digits, '.', recipe='pgd_at', attack_route='mixed', attack_steps=2, attack_step=4 / 255,
+                      attack_start='uniform')
+    recipe = create_recipe(cfg, model, TrainForward(model), None)
+    x, y = torch.rand(6, 3, 16, 16), torch.arange(6) % 10
+    torch.manual_seed(1)
+    x_adv = recipe.adversarial(x, y)
+    torch.manual_seed(1)
+    common = dict(eps=cfg.eps, step_size=4 / 255, steps=2, random_start='uniform', check_range=False)
+    adv = LinfPGD(model, route='adv', **common).perturb(x[:3], y[:3])
+    clean = LinfPGD(model, route='clean', **common).perturb(x[3:], y[3:])
+    assert torch.equal(x_adv, torch.cat([adv, clean]))
+    torch.manual_seed(1)
+    assert not torch.equal(LinfPGD(model, route='adv', **common).perturb(x[3:], y[3:]), clean)  # the routes differ
+    static = timm.create_model('cifar_resnet18', num_classes=10, **TINY)
+    assert create_recipe(cfg, static, TrainForward(static), None).attack_clean is None  # no routes: one attack

@@ -13,16 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 import timm
+import torch
 
 from ..data import DATASETS, held_out_split
 from ..models import AWNet
+from ..utils import native_bf16
 
 __all__ = ['TrainConfig', 'RECIPES', 'ConfigError']
 
 RECIPES = ('mtard', 'pgd_at', 'trades', 'standard', 'arat')
-_PRECISIONS = ('auto', 'fp32', 'bf16')
+_PRECISIONS = ('auto', 'fast', 'fp32', 'bf16')
 _ATTACK_STARTS = ('uniform', 'normal', 'none')
 ATTACK_BN_MODES = ('eval', 'train')
+ATTACK_ROUTES = ('adv', 'auto', 'clean', 'mixed')
 KL_REDUCTIONS = ('mean', 'batchmean')
 TRAINING_ATTACKS = ('pgd', 'nfgsm')
 SCHEDULES = ('multistep', 'cosine', 'linear', 'onecycle')
@@ -117,7 +120,9 @@ class TrainConfig:
                                 "and TRADES code attack) or 'train' (BN batch statistics, and the attack's passes move the "
                                 "running statistics too, as de Jorge et al.'s N-FGSM code attacks); measured in docs/design.md")
     attack_route: str = _f('adv', "AW-Net route while the training attack runs: 'adv' (forced Adv BN, the branch "
-                                  "x_adv trains) or 'auto' (the router decides)")
+                                  "x_adv trains), 'auto' (the router decides), 'clean' (forced Clean BN) or 'mixed' (half "
+                                  "of each batch attacked in 'adv', half in 'clean', all labelled adversarial: the "
+                                  "router also learns the examples that target the Clean BN; docs/design.md)")
     tau: float = _f(1.0, "MTARD's student temperature (1 for CIFAR-10, 5 for CIFAR-100)")
     kl_reduction: str = _f('mean', "MTARD's distillation KL: 'mean' (MTARD's code: averaged over batch x classes, a "
                                    "1/classes scale of the per-sample KL) or 'batchmean' (summed over classes, averaged "
@@ -138,7 +143,9 @@ class TrainConfig:
     freeze_backbone: bool = _f(False, 'train only the classifier head (and the router unless frozen)')
     # speed
     device: str = _f('auto', "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
-    precision: str = _f('auto', "'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'")
+    precision: str = _f('auto', "'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fast' (bf16 autocast where the device "
+                                "computes bf16 natively: CUDA, or a CPU with AMX-BF16; fp32 elsewhere), 'fp32' or "
+                                "'bf16'")
     channels_last: bool = _f(False, 'channels_last memory format')
     compile: bool = _f(False, 'torch.compile the model')
     # run
@@ -148,7 +155,9 @@ class TrainConfig:
     max_minutes: Optional[float] = _f(None, 'stop cleanly at the first epoch boundary past this budget (resume later); '
                                             '0 or none: no limit (clears a limit inherited on --resume)')
     seed: int = _f(0, 'seed of initialisation, data order, augmentation and attacks')
-    val_attack_steps: int = _f(10, 'PGD steps of the per-epoch robust evaluation (step --attack-step, CE)')
+    val_attack_steps: int = _f(10, 'PGD steps of the per-epoch robust evaluation (CE, uniform start)')
+    val_attack_step: float = _f(0.0, 'step of the per-epoch PGD; 0: 2.5 eps / val_attack_steps (2/255 for PGD-10 at 8/255), '
+                                     "whatever the training attack's step")
     log_interval: int = _f(50, 'steps between log lines')
     progress: bool = _f(True, 'tqdm progress bars')
 
@@ -168,18 +177,18 @@ class TrainConfig:
             raise ConfigError(f"unknown attack_bn '{self.attack_bn}': expected one of {', '.join(ATTACK_BN_MODES)}")
         if self.kl_reduction not in KL_REDUCTIONS:
             raise ConfigError(f"unknown kl_reduction '{self.kl_reduction}': expected one of {', '.join(KL_REDUCTIONS)}")
-        if self.attack_route not in ('adv', 'auto'):
-            raise ConfigError(f"attack_route must be 'adv' or 'auto', got '{self.attack_route}'")
+        if self.attack_route not in ATTACK_ROUTES:
+            raise ConfigError(f"attack_route must be one of {', '.join(ATTACK_ROUTES)}, got '{self.attack_route}'")
         for name in ('epochs', 'batch_size', 'attack_steps', 'val_attack_steps', 'log_interval'):
             if getattr(self, name) < 1:
                 raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('lr', 'router_lr', 'momentum', 'weight_decay', 'decay_rate', 'attack_step', 'tau', 'eta',
-                     'type_loss_weight', 'trades_beta', 'val_size', 'crop_pad', 'warmup_epochs', 'arat_gamma'):
+                     'type_loss_weight', 'trades_beta', 'val_size', 'crop_pad', 'warmup_epochs', 'arat_gamma', 'val_attack_step'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'{name} must be >= 0, got {getattr(self, name)}')
         if not 0 <= self.eps <= 1:
             raise ConfigError(f'eps is in pixel units and must be in [0, 1] (8/255 = {8 / 255:.4f}), got {self.eps}')
-        if self.eps > 0.5 or self.attack_step > 0.5:
+        if self.eps > 0.5 or self.attack_step > 0.5 or self.val_attack_step > 0.5:
             raise ConfigError(f'eps={self.eps} / attack_step={self.attack_step} look like 0-255 units: give pixel units (8/255)')
         if list(self.decay_milestones) != sorted(self.decay_milestones):
             raise ConfigError(f'decay_milestones must be increasing, got {self.decay_milestones}')
@@ -232,6 +241,15 @@ class TrainConfig:
             raise ConfigError(f'nfgsm_noise must be >= 0 and nfgsm_step in (0, 0.5] (pixel units), got '
                               f'{self.nfgsm_noise} and {self.nfgsm_step}')
         return self
+
+    def autocast(self, device: torch.device) -> bool:
+        """Whether training on `device` runs under bf16 autocast: 'bf16', 'auto' on CUDA, 'fast' where bf16 is native."""
+        return self.precision == 'bf16' or (self.precision == 'auto' and device.type == 'cuda') or \
+            (self.precision == 'fast' and native_bf16(device))
+
+    def val_step(self) -> float:
+        """The per-epoch PGD's step: val_attack_step, or 2.5 eps / val_attack_steps."""
+        return self.val_attack_step or 2.5 * self.eps / self.val_attack_steps
 
     def model_args(self) -> Dict[str, Any]:
         """Constructor arguments of the model: model_kwargs, plus beta for AW-Net models."""

@@ -16,6 +16,8 @@ path trains AW-Net and its static baseline.
 - `standard`: cross-entropy on clean inputs (clean teachers; AW-Net trains only its Clean BN).
 - `arat`: ARAT (Waseda et al., ICLR 2025): w_adv CE(x_adv) through the Adv BN + w_nat CE(x_nat) through the
   Clean BN + gamma * asymmetric invariance loss (training/arat.py); split-BN students only.
+The training attack runs on a dynamic student in `--attack-route` (default 'adv'; 'mixed' attacks half of each
+batch in route clean, so the router also learns the examples that target the Clean BN).
 --label-smoothing smooths every cross-entropy on the labels (standard, pgd_at, trades's CE(x_nat), arat's two);
 the attacks and TRADES's KL keep the hard labels / the model's own prediction; mtard has no such term and
 refuses it (TrainConfig.validate).
@@ -94,13 +96,24 @@ class Recipe:
         self.model = model
         self.forward = forward
         self.dynamic = is_dynamic(model)
-        common = dict(loss=self.attack_loss, route=cfg.attack_route if self.dynamic else None, check_range=False,
-                      train_mode=cfg.attack_bn == 'train')
+        mixed = self.dynamic and cfg.attack_route == 'mixed'
+        self.attack = self._attack(cfg, model, ('adv' if mixed else cfg.attack_route) if self.dynamic else None)
+        self.attack_clean = self._attack(cfg, model, 'clean') if mixed else None
+
+    def _attack(self, cfg: TrainConfig, model: nn.Module, route: Optional[str]):
+        common = dict(loss=self.attack_loss, route=route, check_range=False, train_mode=cfg.attack_bn == 'train')
         if cfg.attack == 'nfgsm':  # one step from a noisy start, no projection (de Jorge et al. 2022)
-            self.attack = NFGSM(model, eps=cfg.eps, step_size=cfg.nfgsm_step, noise=cfg.nfgsm_noise, **common)
-        else:
-            self.attack = LinfPGD(model, eps=cfg.eps, step_size=cfg.attack_step, steps=cfg.attack_steps,
-                                  random_start=cfg.resolved_attack_start, **common)
+            return NFGSM(model, eps=cfg.eps, step_size=cfg.nfgsm_step, noise=cfg.nfgsm_noise, **common)
+        return LinfPGD(model, eps=cfg.eps, step_size=cfg.attack_step, steps=cfg.attack_steps,
+                       random_start=cfg.resolved_attack_start, **common)
+
+    def adversarial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training attack's examples of (x, y); attack_route 'mixed': the first half of the batch attacked in
+        route adv, the rest in route clean."""
+        if self.attack_clean is None:
+            return self.attack.perturb(x, y)
+        half = (len(x) + 1) // 2
+        return torch.cat([self.attack.perturb(x[:half], y[:half]), self.attack_clean.perturb(x[half:], y[half:])])
 
     def state_module(self) -> Optional[nn.Module]:
         """Recipe state saved with checkpoints (MTARD's teacher weights), if any."""
@@ -140,7 +153,7 @@ class Standard(Recipe):
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, forward: nn.Module):
         super().__init__(cfg, model, forward)
-        self.attack = None
+        self.attack = self.attack_clean = None
 
     def loss(self, x, y):
         (logits, _), = self.forward([(x, 'clean')])
@@ -152,7 +165,7 @@ class PGDAT(Recipe):
     name = 'pgd_at'
 
     def loss(self, x, y):
-        x_adv = self.attack.perturb(x, y)
+        x_adv = self.adversarial(x, y)
         if not self.dynamic:
             (adv, _), = self.forward([(x_adv, 'adv')])
             task = F.cross_entropy(adv, y, label_smoothing=self.cfg.label_smoothing)
@@ -171,7 +184,7 @@ class TRADES(Recipe):
     attack_loss = 'kl'
 
     def loss(self, x, y):
-        x_adv = self.attack.perturb(x, y)
+        x_adv = self.adversarial(x, y)
         nat, adv, type_nat, type_adv = self._routes(x, x_adv)
         natural = F.cross_entropy(nat, y, label_smoothing=self.cfg.label_smoothing)
         robust = F.kl_div(F.log_softmax(adv.float(), 1), F.softmax(nat.float(), 1), reduction='batchmean')
@@ -199,7 +212,7 @@ class MTARD(Recipe):
         return self.weights
 
     def loss(self, x, y):
-        x_adv = self.attack.perturb(x, y)
+        x_adv = self.adversarial(x, y)
         with torch.no_grad():
             t_nat, t_adv = self.teacher_nat(x), self.teacher_adv(x_adv)
         nat, adv, type_nat, type_adv = self._routes(x, x_adv)
@@ -295,7 +308,7 @@ class ARAT(Recipe):
         return self.state.clean_acc, 1 - self.state.clean_acc
 
     def loss(self, x, y):
-        x_adv = self.attack.perturb(x, y)
+        x_adv = self.adversarial(x, y)
         with self.sites.capture() as z:
             nat, adv, type_nat, type_adv = self._routes(x, x_adv)
         n = len(self.sites.dims)

@@ -52,7 +52,8 @@ __all__ = ['train', 'TrainResult', 'evaluate', 'create_train_optimizer', 'fixed_
 
 # fields a resumed run may change: they do not alter what the run computed so far (a changed `epochs` rebuilds
 # the lr schedule for the new length from the current step on)
-RESUMABLE_CHANGES = ('resume', 'max_minutes', 'progress', 'log_interval', 'epochs', 'device', 'output', 'data_dir')
+RESUMABLE_CHANGES = ('resume', 'max_minutes', 'progress', 'log_interval', 'epochs', 'device', 'precision', 'output',
+                     'data_dir')
 
 
 @dataclass
@@ -361,7 +362,7 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
     if resume_state is not None:
         saved = load_run_config(run_dir)
         _check_resumable(cfg, saved, read_train_state_meta(resume_state)['epoch'])
-    autocast = cfg.precision == 'bf16' or (cfg.precision == 'auto' and d.device.type == 'cuda')
+    autocast = cfg.autocast(d.device)
     if cfg.batch_size % d.world_size:
         raise ConfigError(f'batch_size {cfg.batch_size} does not split over {d.world_size} ranks')
 
@@ -473,7 +474,7 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
         record = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'], 'images': len(train_loader) * cfg.batch_size,
                   **{f'train_{k}': v for k, v in train_metrics.items()}}
         if val_loader is not None:
-            counts = evaluate(model, val_loader, cfg.eps, cfg.attack_step, cfg.val_attack_steps, autocast, d.main and cfg.progress)
+            counts = evaluate(model, val_loader, cfg.eps, cfg.val_step(), cfg.val_attack_steps, autocast, d.main and cfg.progress)
             counts = {k: d.sum(v).item() for k, v in counts.items()}
             clean, robust = counts['correct_clean'] / counts['count'], counts['correct_pgd'] / counts['count']
             record.update(val_images=int(counts['count']), val_clean_acc=clean, val_pgd_acc=robust,

@@ -46,8 +46,8 @@ class Probe:
 
 
 def uses_autocast(cfg: TrainConfig, device: torch.device) -> bool:
-    """The trainer's rule: bf16 autocast when asked, or on CUDA with precision 'auto'."""
-    return cfg.precision == 'bf16' or (cfg.precision == 'auto' and device.type == 'cuda')
+    """The trainer's rule (`TrainConfig.autocast`)."""
+    return cfg.autocast(device)
 
 
 def device_name(device: torch.device) -> str:
@@ -106,7 +106,7 @@ def probe_stage(cfg: TrainConfig, data: ImageTensors, teachers: Optional[Sequenc
 
     val_loader = DeviceLoader(data.subset(0, batch), batch, device, train=False, channels_last=cfg.channels_last)
     t0 = time.perf_counter()
-    evaluate(model, val_loader, cfg.eps, cfg.attack_step, cfg.val_attack_steps, autocast)
+    evaluate(model, val_loader, cfg.eps, cfg.val_step(), cfg.val_attack_steps, autocast)
     _sync(device)
     val_seconds = time.perf_counter() - t0
     del model, step

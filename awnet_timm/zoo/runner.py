@@ -606,7 +606,7 @@ class _Run:
                      epoch_seconds=entry['epoch_seconds'] + [r['epoch_seconds'] for r in new],
                      images=entry['images'] + sum(r['images'] for r in new), holdout_last=result.last and {
                          k: result.last[k] for k in ('epoch', 'val_clean_acc', 'val_pgd_acc', 'val_w_robust_acc') if k in result.last},
-                     holdout_best=result.best)
+                     holdout_best=result.best, precision=self.manifest['stages'][name]['precision'])
         entry['images_per_second'] = entry['images'] / max(1e-9, sum(entry['epoch_seconds']))
         self.save()
         return len(new)
