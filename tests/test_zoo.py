@@ -614,3 +614,65 @@ def test_campaign_continues_a_run_started_by_the_previous_zoo(smoke, tmp_path):
     assert [r['epoch'] for r in _log_epochs(os.path.join(zoo, 'runs', 'teacher_robust'))] == [1, 2]
     assert all(stages[n]['status'] == 'done' for n in STUDENTS + ('evaluate', 'export'))
     assert [s.get('zoo_version') for s in m['slices']] == [1, None] and m['started'] == v1['started']
+
+
+def test_warm_start_from_released_weights_when_the_campaign_folder_is_gone(smoke, tmp_path, monkeypatch, capsys):
+    """Issue 17 item 3: with no campaign folder, `--warm-start RELEASES` starts from the released weights and records
+    it: a released teacher is taken as done (and evaluated again), a released student trains from its weights, an
+    unreleased one from scratch; a later slice continues from the folder exactly and leaves --warm-start unused."""
+    from awnet_timm.hub.export import export_checkpoint
+    from awnet_timm.zoo import runner
+    room = {'epochs': 1}
+    monkeypatch.setattr(runner._Member, 'call_seconds', property(lambda m: 0. if m.done < room['epochs'] else 1e9))
+    code, out, data = smoke
+    made = _manifest(out)
+    releases = tmp_path / 'releases'
+    export_checkpoint(os.path.join(out, made['stages']['teacher_clean']['run_dir']), str(releases / 'teacher.standard_t'),
+                      dtype='fp16', tag='standard_t')
+    shutil.copytree(os.path.join(out, made['stages']['export']['folders'][STUDENTS[0]]), releases / 'awnet.mtard_t')
+    plan = _campaign_plan()
+    plan['stages'][0]['release'] = 'teacher.standard_t'
+    plan['stages'][1]['release'] = 'awnet.mtard_t'
+    plan['stages'][2]['release'] = 'static.mtard_t'  # never released
+    path = _write_plan(tmp_path, plan)
+    zoo = str(tmp_path / 'zoo')
+    args = ['zoo', 'run', '--plan', path, '--out', zoo, '--device', 'cpu', '--no-progress', '--resume',
+            '--budget-minutes', '20', '--warm-start', str(releases)] + data
+    assert main(args) == 0
+    m = _manifest(zoo)
+    warm = m['warm_start']['stages']
+    teacher = m['stages']['teacher_clean']
+    assert warm['teacher_clean']['start'].startswith('done') and teacher['status'] == 'done'
+    assert teacher['warm_start']['sha256'] == sha256_file(str(releases / 'teacher.standard_t' / 'model.safetensors'))
+    assert not os.path.exists(os.path.join(zoo, teacher['run_dir'], 'log.jsonl'))  # not trained here
+    assert 'teacher_clean' in m['stages']['evaluate']['results']  # its weights are measured on this machine
+    assert warm[STUDENTS[0]]['start'].startswith('trains') and warm[STUDENTS[1]]['start'] == 'from scratch'
+    assert 'no release static.mtard_t' in warm[STUDENTS[1]]['why'] and m['slices'][0]['warm_start']
+    with open(os.path.join(zoo, m['stages'][STUDENTS[0]]['run_dir'], 'config.json')) as f:
+        assert json.load(f)['pretrained'].endswith(os.path.join(STUDENTS[0], 'released.safetensors'))
+    with open(os.path.join(zoo, m['stages'][STUDENTS[1]]['run_dir'], 'config.json')) as f:
+        assert json.load(f)['pretrained'] == ''
+    assert all(m['stages'][n]['epochs_done'] == 1 for n in STUDENTS)
+    # the folder is here now: the next slice continues it exactly
+    room['epochs'] = 2
+    capsys.readouterr()
+    assert main(args) == 0
+    assert '--warm-start unused' in capsys.readouterr().out
+    m = _manifest(zoo)
+    assert all(m['stages'][n]['epochs_done'] == 2 for n in STUDENTS) and m['warm_start']['stages'] == warm
+    assert [r['epoch'] for r in _log_epochs(os.path.join(zoo, m['stages'][STUDENTS[0]]['run_dir']))] == [1, 2]
+    # a release folder without its weights (not restored) is refused before anything starts
+    os.remove(releases / 'awnet.mtard_t' / 'model.safetensors')
+    assert main(args[:args.index('--out') + 1] + [str(tmp_path / 'zoo2')] + args[args.index('--out') + 2:]) == 2
+    assert 'release_weights.py restore' in capsys.readouterr().err
+
+
+def test_the_cpu_plan_names_its_releases_by_their_registered_tags():
+    """`--warm-start` finds a stage's weights under its `release`: the name.tag users load with timm."""
+    plan = load_plan('cifar10-cpu')
+    releases = {s.name: s.release for s in plan.stages if hasattr(s, 'release')}
+    assert all(releases.values()), releases
+    for name, release in releases.items():
+        assert timm.models.get_pretrained_cfg(release) is not None, release
+        model, _ = release.split('.')
+        assert model.endswith('_025') and model.startswith(plan.stage(name).config['model'])

@@ -53,7 +53,7 @@ __all__ = ['train', 'TrainResult', 'evaluate', 'create_train_optimizer', 'fixed_
 # fields a resumed run may change: they do not alter what the run computed so far (a changed `epochs` rebuilds
 # the lr schedule for the new length from the current step on)
 RESUMABLE_CHANGES = ('resume', 'max_minutes', 'progress', 'log_interval', 'epochs', 'device', 'precision', 'output',
-                     'data_dir')
+                     'data_dir', 'pretrained')  # pretrained: the first epoch's start, moot once a run has a checkpoint
 
 
 @dataclass

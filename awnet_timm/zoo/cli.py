@@ -28,6 +28,7 @@ def _resume_command(args) -> str:
     words += ['--dataset', args.dataset] if args.dataset else []
     words += ['--device', args.device] if args.device != 'auto' else []
     words += [] if args.progress else ['--no-progress']
+    words += ['--warm-start', args.warm_start] if args.warm_start else []
     return ' '.join(shlex.quote(w) for w in words)
 
 
@@ -38,7 +39,7 @@ def run_zoo_command(args) -> int:
     budget = plan.budget_minutes if args.budget_minutes is None else args.budget_minutes
     try:
         result = run_zoo(plan, budget, args.data_dir, args.out, device=args.device, resume=args.resume,
-                         progress=args.progress, redo=args.redo)
+                         progress=args.progress, redo=args.redo, warm_start=args.warm_start)
     except KeyboardInterrupt:
         print(f'\nawnet zoo run: interrupted; the finished epochs are kept: continue with `{_resume_command(args)}`',
               file=sys.stderr)
@@ -99,6 +100,12 @@ def add_zoo_parser(sub) -> argparse.ArgumentParser:
     r.add_argument('--redo', action='append', default=[], metavar='STAGE',
                    help='with --resume: do this stage again from scratch (repeatable; a training stage\'s run is kept '
                         'aside and the stages trained from it are redone too; evaluate: every model again)')
+    r.add_argument('--warm-start', default=None, metavar='RELEASES',
+                   help="a campaign whose --out folder is gone starts from the released weights in this folder (e.g. "
+                        "hub/releases, after `python scripts/release_weights.py restore`), recorded in the manifest: a "
+                        "stage whose `release` is there and that others use as a teacher is taken as done, any other "
+                        "released stage trains its planned epochs again from the released weights, the rest from "
+                        "scratch. With the folder still there the run continues from it exactly and this is unused")
     r.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bars (default: on)')
     r.set_defaults(func=run_zoo_command)
     k = zoo.add_parser('pack', help='Split a zoo folder\'s results into parts for the trip back, in priority order.')

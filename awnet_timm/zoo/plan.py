@@ -9,8 +9,9 @@ A plan (shipped ones live in `plans/`; any path to a .json works too) holds:
 - `stages`, run in order. Each has a plain `name` (its run folder's name), a `kind` and a `share` of the budget:
   - `train`: `config` (TrainConfig fields; '@stage' as a teacher names a finished stage's model and weights),
     `max_epochs` (the planned total of a campaign; without one, the most whole epochs that fit, up to this),
-    `min_epochs`, `epochs_group` (stages of one group train the same number of epochs) and `lr_batch` (the lr in
-    `config` is for this batch size and scales linearly to the stage's batch). The best checkpoint is chosen on
+    `min_epochs`, `epochs_group` (stages of one group train the same number of epochs), `lr_batch` (the lr in
+    `config` is for this batch size and scales linearly to the stage's batch) and `release` (the name.tag its weights
+    are released as: where `--warm-start` finds them when a campaign's folder is gone). The best checkpoint is chosen on
     a holdout of the training images (`val_split` 'holdout', the default); a plan that selects on a split the
     evaluation reports on is refused;
   - `evaluate`: `students` (evaluated with `attacks` on the first images of the exact test set, in chunks,
@@ -62,6 +63,7 @@ class TrainStage(Stage):
     min_epochs: int = 1
     epochs_group: str = ''
     lr_batch: int = 0
+    release: str = ''  # the released Hub folder of this stage's weights (name.tag), for `awnet zoo run --warm-start`
 
     def teacher_refs(self) -> List[str]:
         """Stages whose weights this stage's recipe uses as teachers ('@stage' values)."""

@@ -35,6 +35,8 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -62,7 +64,7 @@ __all__ = ['run_zoo', 'ZooResult', 'MANIFEST_VERSION', 'merge_chunks', 'summary_
 MANIFEST_VERSION = 2
 FINAL = ('done', 'shortened')  # a training stage that trains no further: its dependents may start
 _ONE_EPOCH = 1e-9  # max_minutes already spent: the trainer stops at its first epoch boundary (one epoch per call)
-_NOT_COMPARED = set(RESUMABLE_CHANGES) | {'teacher_nat_checkpoint', 'teacher_adv_checkpoint'}  # paths of this run
+_NOT_COMPARED = set(RESUMABLE_CHANGES) | {'teacher_nat_checkpoint', 'teacher_adv_checkpoint', 'pretrained'}  # paths of this run
 
 
 @dataclass
@@ -166,6 +168,15 @@ def summary_table(manifest: Dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
+def _release_epochs(card: str) -> Optional[Tuple[int, int]]:
+    """(epochs trained, planned total) as a release's card states them (the zoo's provenance line), if it does."""
+    if not os.path.isfile(card):
+        return None
+    with open(card) as f:
+        found = re.search(r'(\d+) epoch\(s\) of a planned (\d+)', f.read())
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
 def _model_of(plan: Plan, name: str) -> str:
     return dict(plan.train, **plan.stage(name).config).get('model', TrainConfig.model)
 
@@ -235,7 +246,7 @@ class _Member:
 
 class _Run:
     def __init__(self, plan: Plan, budget_minutes: float, data_dir: str, out: str, device: str, resume: bool,
-                 progress: bool, redo: Sequence[str] = ()):
+                 progress: bool, redo: Sequence[str] = (), warm_start: Optional[str] = None):
         self.t0, self.cpu0 = time.time(), time.process_time()
         self.plan, self.budget = plan, budget_minutes * 60
         self.deadline = self.t0 + self.budget
@@ -272,9 +283,67 @@ class _Run:
             'versions': _versions(), 'plan': plan.to_dict(), 'groups': {}, 'stages': {}, 'slices': list(slices or []) + [self.slice],
         }
         self._carry(old, redone)
+        if old.get('warm_start'):
+            self.manifest['warm_start'] = old['warm_start']
+        if warm_start is not None:
+            if old:
+                _say(f"--warm-start unused: {self.out} holds the campaign, which continues from its own checkpoints")
+            else:
+                self._warm_start(warm_start)
         self.save()
 
     # the run folder ----------------------------------------------------------------------------------------------
+    def _warm_start(self, folder: str):
+        """ Start from the released weights in `folder` (the campaign's own folder is gone), and record it.
+
+        A stage whose `release` is in `folder` and that other stages use as a teacher becomes 'done' with those weights
+        (copied into its run folder beside the stage's config, so it loads as a run does, and evaluated again like any
+        new weights); any other released stage trains its planned epochs from them (`pretrained`, a new schedule);
+        the rest train from scratch. `manifest['warm_start']` says which and why.
+        """
+        teachers = {t for s in self.plan.stages if isinstance(s, TrainStage) for t in s.teacher_refs()}
+        record = {'from': os.path.abspath(folder), 'at': _now(), 'stages': {}}
+        for s in self.plan.stages:
+            if not isinstance(s, TrainStage):
+                continue
+            release = os.path.join(folder, s.release) if s.release else ''
+            if not release or not os.path.isdir(release):
+                why = f'no release {s.release} in {folder}' if s.release else 'the plan names no release for it'
+                record['stages'][s.name] = {'start': 'from scratch', 'why': why}
+                continue
+            source = os.path.join(release, 'model.safetensors')
+            if not os.path.isfile(source):
+                raise ZooError(f"--warm-start: '{release}' has no model.safetensors (the weights of a release are kept out "
+                               f"of the tree): restore them first with `python scripts/release_weights.py restore`")
+            epochs = _release_epochs(os.path.join(release, 'README.md'))
+            run = self.run_dir(s.name)
+            os.makedirs(run, exist_ok=True)
+            weights = os.path.join(run, 'released.safetensors')
+            atomic_write(weights, lambda tmp: shutil.copyfile(source, tmp))
+            entry = {'release': s.release, 'source': os.path.abspath(source), 'sha256': self.sha(weights),
+                     'weights': self.rel(weights), 'release_epochs': epochs}
+            if s.name in teachers:
+                cfg = shaped(self.plan, s, self.config(s), s.max_epochs)
+                atomic_write_text(os.path.join(run, 'config.json'), cfg.to_json())  # the weights load as the run's
+                done, planned = epochs or (None, None)
+                self.manifest['stages'][s.name] = dict(
+                    kind='train', status='done', model=cfg.model, recipe=cfg.recipe, run_dir=self.rel(run),
+                    settings=cfg.to_dict(), weights=self.rel(weights), epochs_done=done, epochs_planned=planned,
+                    seconds=0.0, device='', precision='', warm_start=entry,
+                    reason=f'warm start: the released {s.release} (sha256 {entry["sha256"][:12]}), not trained here')
+                record['stages'][s.name] = dict(entry, start='done: the released weights')
+            else:
+                record['stages'][s.name] = dict(entry, start='trains its planned epochs from the released weights')
+        self.manifest['warm_start'] = record
+        self.slice['warm_start'] = True
+        for name, r in record['stages'].items():
+            _say(f"warm start: {name} {r['start']}" + (f" ({r['why']})" if 'why' in r else f" ({r['release']})"))
+
+    def warm_weights(self, name: str) -> str:
+        """The released weights a warm-started training stage starts from ('' for none)."""
+        r = ((self.manifest.get('warm_start') or {}).get('stages') or {}).get(name) or {}
+        return self.path_of(r['weights']) if r.get('start', '').startswith('trains') else ''
+
     def _previous(self, resume: bool) -> Dict[str, Any]:
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise ZooError(f"--out '{self.out}' is a file: give a folder for the run")
@@ -460,8 +529,10 @@ class _Run:
         teachers = {}
         for name in stage.teacher_refs():
             teachers[name] = (self.record(name)['model'], self.weights(name))
-        return stage_config(self.plan, stage, self.data_dir, os.path.join(self.out, 'runs'), self.device_arg,
-                            self.progress, teachers)
+        cfg = stage_config(self.plan, stage, self.data_dir, os.path.join(self.out, 'runs'), self.device_arg,
+                           self.progress, teachers)
+        warm = self.warm_weights(stage.name)
+        return replace(cfg, pretrained=warm) if warm else cfg
 
     def teachers(self, cfg: TrainConfig, num_classes: int):
         if cfg.recipe != 'mtard':
@@ -875,9 +946,10 @@ def _plan_sha(plan: Plan) -> str:
 
 
 def run_zoo(plan: Plan, budget_minutes: float, data_dir: str, out: str, device: str = 'auto', resume: bool = False,
-            progress: bool = True, redo: Sequence[str] = ()) -> ZooResult:
+            progress: bool = True, redo: Sequence[str] = (), warm_start: Optional[str] = None) -> ZooResult:
     """ Run `plan` for one slice of `budget_minutes` on the data in `data_dir`, writing runs, records, releases and
-    manifest.json to `out`; `resume` continues the run in `out`, `redo` names stages to do again from scratch. """
+    manifest.json to `out`; `resume` continues the run in `out`, `redo` names stages to do again from scratch;
+    `warm_start` (a folder of released Hub folders) starts a run whose `out` holds none from the released weights. """
     if not isinstance(plan, Plan):
         raise ZooError(f"run_zoo takes a Plan (e.g. load_plan('smoke')), got {type(plan).__name__} {plan!r}")
     if isinstance(redo, str) or not all(isinstance(n, str) for n in redo):
@@ -886,4 +958,7 @@ def run_zoo(plan: Plan, budget_minutes: float, data_dir: str, out: str, device: 
         raise ZooError(f'the budget must be a finite number of minutes > 0, got {budget_minutes!r}')
     if not os.path.isdir(data_dir):
         raise ZooError(f"data directory '{data_dir}' does not exist (e.g. ../shared/data/cifar10 for the offline CIFAR-10 copy)")
-    return _Run(plan, budget_minutes, data_dir, out, device, resume, progress, redo).run()
+    if warm_start is not None and not os.path.isdir(warm_start):
+        raise ZooError(f"--warm-start '{warm_start}' is not a folder (e.g. hub/releases, holding <name>.<tag>/ release "
+                       f"folders)")
+    return _Run(plan, budget_minutes, data_dir, out, device, resume, progress, redo, warm_start).run()
