@@ -4,13 +4,14 @@
 #
 #   bash scripts/release_cpu_campaign.sh output/campaign/zoo [teachers|students|all] [--no-commit]
 #
-# Teachers (teacher_clean -> cifar_resnet18_025.standard_cifar10, teacher_robust -> cifar_resnet18_025.pgd_at_cifar10):
-# exported, then `awnet eval` on the exported file (the first N_TEACHER exact test images, default 500: FGSM, PGD-20,
-# CW-inf; sanity checks on), then exported again with that record. Students (student_awnet_r18_025 ->
-# awnet_r18_025.mtard_cifar10, student_cifar_resnet18_025 -> cifar_resnet18_025.mtard_cifar10): the zoo has already
-# evaluated its fp16 export (paper and router attacks on the exact test images); they are exported again under the
-# registered name with that record (the export is deterministic: same file, same sha256).
-# Environment: PYTHON (default .venv/bin/python), DATA_DIR (default ../shared/data/cifar10), N_TEACHER.
+# Each stage is released under the name.tag the plan gives it (`release` in awnet_timm/zoo/plans/cifar10-cpu.json).
+# Teachers (teacher_clean, teacher_robust; only once done): exported, then `awnet eval` on the exported file (the first
+# N_TEACHER exact test images, default 500: FGSM, PGD-20, CW-inf; sanity checks on), then exported again with that
+# record. Students (student_awnet_r18_025, student_cifar_resnet18_025): exported, then `awnet eval` on the exported file
+# with the release evaluation of issue 17: the paper's attacks with AutoAttack standard and (AW-Net) the router
+# attacks on the first N_STUDENT exact test images (default 500), then exported again with that record. AutoAttack
+# makes this long on 2 cores (benchmarks/bench_autoattack.py; the README's Speed section): pause the campaign for it.
+# Environment: PYTHON (default .venv/bin/python), DATA_DIR (default ../shared/data/cifar10), N_TEACHER, N_STUDENT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ZOO=${1:?usage: release_cpu_campaign.sh ZOO_DIR [teachers|students|all] [--no-commit]}
@@ -19,18 +20,24 @@ COMMIT=1; [ "${3:-}" = "--no-commit" ] && COMMIT=0
 PYTHON=${PYTHON:-.venv/bin/python}
 DATA_DIR=${DATA_DIR:-../shared/data/cifar10}
 N_TEACHER=${N_TEACHER:-500}
+N_STUDENT=${N_STUDENT:-500}
 AWNET=("$PYTHON" -m awnet_timm.cli)
 EVAL_DIR=$ZOO/release-eval
 mkdir -p "$EVAL_DIR"
 released=()
+
+release_of() {  # the name.tag the plan releases a stage as: release_of STAGE -> "NAME TAG"
+    "$PYTHON" -c "from awnet_timm.zoo import load_plan; r = load_plan('cifar10-cpu').stage('$1').release; print(*r.split('.', 1))"
+}
 
 manifest() {  # a field of the zoo manifest: manifest STAGE KEY
     "$PYTHON" -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['stages'].get(sys.argv[2], {}).get(sys.argv[3], ''))" \
         "$ZOO/manifest.json" "$1" "$2"
 }
 
-release_teacher() {  # STAGE NAME TAG
-    local stage=$1 name=$2 tag=$3 status run out
+release_teacher() {  # STAGE
+    local stage=$1 name tag status run out
+    read -r name tag <<< "$(release_of "$stage")"
     status=$(manifest "$stage" status)
     if [ "$status" != "done" ]; then echo "$stage: status '$status', not released (it trains to its planned total first)"; return; fi
     run=$ZOO/$(manifest "$stage" run_dir)
@@ -43,7 +50,7 @@ release_teacher() {  # STAGE NAME TAG
     released+=("$out")
 }
 
-provenance() {  # STAGE CARD: append how the campaign trained a teacher (the zoo's own export adds this to students)
+provenance() {  # STAGE CARD: append how the campaign trained a stage (slices, epochs, CPU time, holdout)
     "$PYTHON" - "$ZOO/manifest.json" "$1" "$2" <<'PY'
 import json, os, statistics, sys
 m, stage, card = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
@@ -65,24 +72,27 @@ os.replace(card + '.tmp', card)
 PY
 }
 
-release_student() {  # STAGE NAME TAG
-    local stage=$1 name=$2 tag=$3 run record out
+release_student() {  # STAGE
+    local stage=$1 name tag run out
+    read -r name tag <<< "$(release_of "$stage")"
+    if [ -z "$(manifest "$stage" run_dir)" ]; then echo "$stage: not trained yet, not released"; return; fi
     run=$ZOO/$(manifest "$stage" run_dir)
-    record=$("$PYTHON" -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['stages']['evaluate']['results'].get(sys.argv[2], {}).get('record', ''))" \
-        "$ZOO/manifest.json" "$stage" 2>/dev/null || true)
-    if [ -z "$record" ]; then echo "$stage: no evaluation record in the zoo yet, not released"; return; fi
     out=hub/releases/$name.$tag
-    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --eval "$ZOO/$record" --overwrite
+    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --overwrite
+    "${AWNET[@]}" eval --model "$name" --checkpoint "$out/model.safetensors" --data-dir "$DATA_DIR" --n "$N_STUDENT" \
+        --attacks paper router --device cpu --no-progress --out "$EVAL_DIR/$name.$tag.json"
+    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --eval "$EVAL_DIR/$name.$tag.json" --overwrite
+    provenance "$stage" "$out/README.md"
     released+=("$out")
 }
 
 if [ "$WHAT" = teachers ] || [ "$WHAT" = all ]; then
-    release_teacher teacher_clean cifar_resnet18_025 standard_cifar10
-    release_teacher teacher_robust cifar_resnet18_025 pgd_at_cifar10
+    release_teacher teacher_clean
+    release_teacher teacher_robust
 fi
 if [ "$WHAT" = students ] || [ "$WHAT" = all ]; then
-    release_student student_awnet_r18_025 awnet_r18_025 mtard_cifar10
-    release_student student_cifar_resnet18_025 cifar_resnet18_025 mtard_cifar10
+    release_student student_awnet_r18_025
+    release_student student_cifar_resnet18_025
 fi
 [ ${#released[@]} -eq 0 ] && { echo "nothing to release"; exit 0; }
 echo "exported: ${released[*]}"

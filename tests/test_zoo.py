@@ -572,6 +572,16 @@ def test_campaign_slices_continue_every_stage_to_its_planned_total(digits, reque
         assert m['stages']['evaluate']['results'][name]['epochs_done'] == best  # evaluated when its best was saved
         with open(os.path.join(zoo, m['stages']['export']['folders'][name], 'README.md')) as f:
             assert f'{best} epoch(s) of a planned 3' in f.read()
+    # the campaign's record: a row per slice and stage, the holdout curve per epoch, a plot
+    capsys = request.getfixturevalue('capsys')
+    capsys.readouterr()
+    assert main(['zoo', 'report', zoo, '--plot', str(tmp_path / 'curves.png')]) == 0
+    text = capsys.readouterr().out
+    for name in STUDENTS:
+        assert [line.split('|')[2].strip() for line in text.splitlines() if line.startswith(f'| {name} |')] == ['1', '2', '3']
+        assert sum(f'| {name} | fp32 | {k - 1} -> {k} |' in text for k in (1, 2, 3)) == 3
+    assert os.path.getsize(tmp_path / 'curves.png') > 0
+    assert main(['zoo', 'report', str(tmp_path)]) == 2 and 'no manifest.json' in capsys.readouterr().err
 
 
 def test_campaign_continues_a_run_started_by_the_previous_zoo(smoke, tmp_path):

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..utils import atomic_write, atomic_write_text, eps_string, read_json
 
-__all__ = ['REPORT_VERSION', 'build_record', 'write_report', 'load_record', 'markdown_table', 'label_offsets', 'plot_eps_curve',
+__all__ = ['REPORT_VERSION', 'save_figure', 'build_record', 'write_report', 'load_record', 'markdown_table', 'label_offsets', 'plot_eps_curve',
            'plot_tradeoff']
 
 REPORT_VERSION = 1
@@ -126,7 +126,7 @@ def load_record(path: str) -> Dict[str, Any]:
     return record
 
 
-def _save_figure(fig, path: str):
+def save_figure(fig, path: str):
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or 'png', dpi=150,
                                                bbox_inches='tight'))
 
@@ -146,7 +146,7 @@ def plot_eps_curve(records: Sequence[Dict[str, Any]], path: str):
     ax.set_ylabel('robust accuracy, PGD-20 (%)')
     ax.grid(alpha=.3)
     ax.legend()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return fig
 
@@ -177,6 +177,6 @@ def plot_tradeoff(records: Sequence[Dict[str, Any]], path: str, labels: Optional
     ax.set_xlabel('clean accuracy (%)')
     ax.set_ylabel('worst-case robust accuracy (%)')
     ax.set_title('accuracy-robustness trade-off (grey: equal W-Robust accuracy)', fontsize=9)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return fig

@@ -1,5 +1,6 @@
-""" `awnet zoo run|pack|unpack`: the zoo's subcommands (the logic lives in runner.py and pack.py) """
+""" `awnet zoo run|report|pack|unpack`: the zoo's subcommands (the logic lives in runner.py, report.py and pack.py) """
 import argparse
+import os
 import shlex
 import sys
 
@@ -70,6 +71,22 @@ def pack_command(args) -> int:
     return 0
 
 
+def report_command(args) -> int:
+    from .report import curve_table, load_manifest, plot_curves, slice_table, stage_curves
+    m = load_manifest(args.dir)
+    curves = stage_curves(args.dir, m)
+    print(f"zoo folder {args.dir}: plan {m.get('plan_name')}, {len(m.get('slices', []))} slice(s)\n")
+    print(slice_table(m) + '\n')
+    print(curve_table(curves))
+    if m.get('warm_start'):
+        starts = ', '.join(f"{n}: {r['start']}" for n, r in m['warm_start']['stages'].items())
+        print(f"\nwarm start from {m['warm_start']['from']} at {m['warm_start']['at']}: {starts}")
+    plot = args.plot or os.path.join(args.dir, 'curves.png')
+    plot_curves(curves, m, plot, args.stages or None)
+    print(f'\nplot: {plot}')
+    return 0
+
+
 def unpack_command(args) -> int:
     from .pack import unpack_parts
     result = unpack_parts(args.parts, args.out)
@@ -108,6 +125,11 @@ def add_zoo_parser(sub) -> argparse.ArgumentParser:
                         "scratch. With the folder still there the run continues from it exactly and this is unused")
     r.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bars (default: on)')
     r.set_defaults(func=run_zoo_command)
+    c = zoo.add_parser('report', help="A zoo folder's slices and its holdout curves (tables and a plot).")
+    c.add_argument('dir', help='the --out folder of `awnet zoo run`')
+    c.add_argument('--plot', default='', help='the plot file (default: DIR/curves.png)')
+    c.add_argument('--stages', nargs='*', default=None, help='plot only these training stages (default: all)')
+    c.set_defaults(func=report_command)
     k = zoo.add_parser('pack', help='Split a zoo folder\'s results into parts for the trip back, in priority order.')
     k.add_argument('dir', help='the --out folder of `awnet zoo run`')
     k.add_argument('out', help='folder for the first trip\'s parts')

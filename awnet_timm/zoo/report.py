@@ -1,0 +1,111 @@
+""" `awnet zoo report`: a zoo folder's slices and its training stages' holdout curves, as tables and one plot
+
+The campaign's record over many slices (`manifest.json`): what each slice trained, how fast and for how much CPU
+time, and each training stage's holdout accuracy epoch by epoch (from its run's log.jsonl) against its cumulative
+training hours, with the slice boundaries marked: the curve that says whether further slices still improve a model.
+"""
+import os
+from typing import Any, Dict, List, Optional
+
+from ..eval.report import save_figure
+from ..utils import read_json
+from .budget import measured_epochs
+from .plan import ZooError
+
+__all__ = ['stage_curves', 'slice_table', 'curve_table', 'plot_curves', 'load_manifest']
+
+
+def load_manifest(out: str) -> Dict[str, Any]:
+    path = os.path.join(out, 'manifest.json')
+    if not os.path.isfile(path):
+        raise ZooError(f"'{out}' holds no zoo run (no manifest.json): give the --out folder of `awnet zoo run`")
+    m = read_json(path, ZooError, 'zoo manifest')
+    if not isinstance(m, dict) or not isinstance(m.get('stages'), dict):
+        raise ZooError(f"'{path}' is not a manifest written by `awnet zoo run`")
+    return m
+
+
+def stage_curves(out: str, manifest: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
+    """Per training stage with a run: its epochs (epoch, holdout clean / PGD, cumulative training hours), oldest first."""
+    curves = {}
+    for name, s in manifest['stages'].items():
+        if s.get('kind') != 'train' or not s.get('run_dir'):
+            continue
+        hours, rows = 0., []
+        for r in measured_epochs(os.path.join(out, s['run_dir'])):
+            hours += r['epoch_seconds'] / 3600
+            rows.append({'epoch': r['epoch'], 'hours': hours, 'val_clean_acc': r.get('val_clean_acc'),
+                         'val_pgd_acc': r.get('val_pgd_acc')})
+        if rows:
+            curves[name] = rows
+    return curves
+
+
+def slice_table(manifest: Dict[str, Any]) -> str:
+    """One row per slice and training stage it trained: epochs, images/s, CPU-minutes, holdout at its end."""
+    lines = ['| slice | started | budget (min) | wall (min) | CPU (min) | stage | precision | epochs | images/s | '
+             'holdout clean / PGD-10 (last epoch) |', '|---:|---|---:|---:|---:|---|---|---|---:|---|']
+    for k, sl in enumerate(manifest.get('slices', []), 1):
+        head = (f"| {k} | {sl.get('started', '')} | {sl.get('budget_minutes', 0):g} | "
+                f"{(sl.get('wall_seconds') or 0) / 60:.0f} | {sl.get('cpu_minutes') or 0:.0f} |")
+        trained = {n: e for n, e in (sl.get('stages') or {}).items() if e.get('epochs_trained')}
+        if not trained:
+            note = 'warm start' if sl.get('warm_start') else 'evaluation / export only' if sl.get('finished') else \
+                'ended before its first epoch did'
+            lines.append(f'{head} ({note}) | | | | |')
+        for name, e in trained.items():
+            last = e.get('holdout_last') or {}
+            holdout = (f"{100 * last['val_clean_acc']:.1f}% / {100 * last['val_pgd_acc']:.1f}% (epoch {last['epoch']})"
+                       if 'val_pgd_acc' in last else '')
+            lines.append(f"{head} {name} | {e.get('precision', '')} | {e.get('epochs_before', 0)} -> "
+                         f"{e.get('epochs_after', '')} | {e.get('images_per_second', 0):.0f} | {holdout} |")
+    return '\n'.join(lines)
+
+
+def curve_table(curves: Dict[str, List[Dict[str, Any]]]) -> str:
+    lines = ['| stage | epoch | training hours | holdout clean | holdout PGD-10 |', '|---|---:|---:|---:|---:|']
+    for name, rows in curves.items():
+        for r in rows:
+            if r['val_clean_acc'] is None:
+                continue
+            lines.append(f"| {name} | {r['epoch']} | {r['hours']:.2f} | {100 * r['val_clean_acc']:.1f} | "
+                         f"{100 * r['val_pgd_acc']:.1f} |")
+    return '\n'.join(lines)
+
+
+def plot_curves(curves: Dict[str, List[Dict[str, Any]]], manifest: Dict[str, Any], path: str,
+                stages: Optional[List[str]] = None):
+    """Holdout clean (dashed) and PGD-10 (solid) accuracy against training hours, per stage; slice ends as ticks."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (name, rows) in enumerate(curves.items()):
+        if stages and name not in stages:
+            continue
+        rows = [r for r in rows if r['val_clean_acc'] is not None]
+        if not rows:
+            continue
+        color = f'C{i}'
+        hours = [r['hours'] for r in rows]
+        ax.plot(hours, [100 * r['val_pgd_acc'] for r in rows], '-o', ms=3, color=color, label=f'{name} PGD-10')
+        ax.plot(hours, [100 * r['val_clean_acc'] for r in rows], '--', color=color, label=f'{name} clean')
+        ends = set()
+        for sl in manifest.get('slices', []):
+            if name in (sl.get('redone') or {}):  # the stage started again: earlier slices trained another run
+                ends = set()
+            e = (sl.get('stages') or {}).get(name) or {}
+            if e.get('epochs_trained'):
+                ends.add(e.get('epochs_after'))
+        for r in rows:
+            if r['epoch'] in ends:  # the last epoch of a slice
+                ax.axvline(r['hours'], color=color, lw=.5, alpha=.4)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("the stage's training hours (wall clock, its epochs only)")
+    ax.set_ylabel('holdout accuracy (%)')
+    ax.set_title(f"zoo plan {manifest.get('plan_name', '')}: holdout per epoch (thin lines: slice ends)", fontsize=9)
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path)
+    plt.close(fig)
+    return fig
