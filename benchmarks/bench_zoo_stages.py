@@ -9,6 +9,8 @@ at a time and prints its speed as a ratio to the plan's setting measured in the 
 - `no_channels_last` / `compile` (inductor; its compile time is the `setup s` column) / `batch_64`, `batch_256`;
 - `bf16`, `bf16_compile`: bf16 autocast (the trainer's `precision='bf16'`); on a CPU with AMX (Sapphire Rapids and
   later: `amx_bf16` in /proc/cpuinfo) oneDNN runs bf16 convs and matmuls on its tile units;
+- `router_half`: (AW-Net stages) the router trunk at half the classifier's widths (the paper's AW-Net-L router is
+  narrower than its classifier; its AW-Net router is as wide);
 - `threads_1`: one thread (torch.set_num_threads(1));
 - `2x1_thread`: two processes of one thread each, probed at the same moment, images/s summed: the throughput of
   running two stages side by side instead of one after the other with two threads.
@@ -39,7 +41,7 @@ from awnet_timm.zoo.plan import TrainStage
 from awnet_timm.zoo.runner import stage_config
 
 VARIANTS = ('plan', 'no_channels_last', 'compile', 'bf16', 'bf16_compile', 'batch_64', 'batch_256', 'threads_1',
-            '2x1_thread')
+            '2x1_thread', 'router_half')
 
 
 def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
@@ -66,6 +68,10 @@ def variant_config(cfg, variant: str):
         return replace(cfg, precision='bf16')
     if variant == 'bf16_compile':
         return replace(cfg, precision='bf16', compile=True)
+    if variant == 'router_half':  # an AW-Net whose router trunk has half the classifier's widths
+        kwargs = dict(cfg.model_kwargs)
+        widths = kwargs.get('router_channels') or kwargs.get('channels') or [64, 128, 256, 512]
+        return replace(cfg, model_kwargs=dict(kwargs, router_channels=[c // 2 for c in widths]))
     if variant.startswith('batch_'):
         return replace(cfg, batch_size=int(variant[len('batch_'):]))
     return cfg
@@ -146,6 +152,8 @@ def main():
         if args.stages and s.name not in args.stages:
             continue
         for variant in variants:
+            if variant == 'router_half' and not configs[s.name].model.startswith('awnet'):
+                continue
             vconfigs = dict(configs, **{s.name: variant_config(configs[s.name], variant)})
             if variant == '2x1_thread':
                 row = probe_side_by_side(vconfigs, s.name, s.teacher_refs(), warmup, steps)
