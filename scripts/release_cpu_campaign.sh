@@ -9,7 +9,8 @@
 # N_TEACHER exact test images, default 500: FGSM, PGD-20, CW-inf; sanity checks on), then exported again with that
 # record. Students (student_awnet_r18_025, student_cifar_resnet18_025): exported, then `awnet eval` on the exported file
 # with the release evaluation of issue 17: the paper's attacks with AutoAttack standard and (AW-Net) the router
-# attacks on the first N_STUDENT exact test images (default 500), then exported again with that record. AutoAttack
+# attacks on the first N_STUDENT exact test images (default 500), then exported again with that record and the other
+# student's record beside it in the card (`awnet export --compare`). AutoAttack
 # makes this long on 2 cores (benchmarks/bench_autoattack.py; the README's Speed section): pause the campaign for it.
 # Environment: PYTHON (default .venv/bin/python), DATA_DIR (default ../shared/data/cifar10), N_TEACHER, N_STUDENT.
 set -euo pipefail
@@ -72,7 +73,7 @@ os.replace(card + '.tmp', card)
 PY
 }
 
-release_student() {  # STAGE
+evaluate_student() {  # STAGE: export, then the release evaluation of the exported file
     local stage=$1 name tag run out
     read -r name tag <<< "$(release_of "$stage")"
     if [ -z "$(manifest "$stage" run_dir)" ]; then echo "$stage: not trained yet, not released"; return; fi
@@ -81,7 +82,17 @@ release_student() {  # STAGE
     "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --overwrite
     "${AWNET[@]}" eval --model "$name" --checkpoint "$out/model.safetensors" --data-dir "$DATA_DIR" --n "$N_STUDENT" \
         --attacks paper router --device cpu --no-progress --out "$EVAL_DIR/$name.$tag.json"
-    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --eval "$EVAL_DIR/$name.$tag.json" --overwrite
+}
+
+release_student() {  # STAGE OTHER: export with the record, the other student's record beside it in the card
+    local stage=$1 other=$2 name tag oname otag run out compare=()
+    read -r name tag <<< "$(release_of "$stage")"
+    read -r oname otag <<< "$(release_of "$other")"
+    [ -f "$EVAL_DIR/$name.$tag.json" ] || return 0
+    [ -f "$EVAL_DIR/$oname.$otag.json" ] && compare=(--compare "$other ($oname.$otag), same teachers, seed and epochs=$EVAL_DIR/$oname.$otag.json")
+    run=$ZOO/$(manifest "$stage" run_dir)
+    out=hub/releases/$name.$tag
+    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --eval "$EVAL_DIR/$name.$tag.json" --overwrite "${compare[@]}"
     provenance "$stage" "$out/README.md"
     released+=("$out")
 }
@@ -91,8 +102,10 @@ if [ "$WHAT" = teachers ] || [ "$WHAT" = all ]; then
     release_teacher teacher_robust
 fi
 if [ "$WHAT" = students ] || [ "$WHAT" = all ]; then
-    release_student student_awnet_r18_025
-    release_student student_cifar_resnet18_025
+    evaluate_student student_awnet_r18_025
+    evaluate_student student_cifar_resnet18_025
+    release_student student_awnet_r18_025 student_cifar_resnet18_025
+    release_student student_cifar_resnet18_025 student_awnet_r18_025
 fi
 [ ${#released[@]} -eq 0 ] && { echo "nothing to release"; exit 0; }
 echo "exported: ${released[*]}"

@@ -297,3 +297,33 @@ def test_card_describes_the_schedule_and_the_training_attack_the_run_used(tmp_pa
     card = open(os.path.join(export_checkpoint(mtard, str(tmp_path / 'b')).folder, 'README.md')).read()
     assert 'lr x0.1 from epochs 75, 90, the first 2 epoch(s) a linear warm-up' in card
     assert "L-inf PGD-10, eps 8/255, step 2/255, normal random start" in card and '**Distillation KL:** `batchmean`' in card
+
+
+def test_card_shows_other_records_side_by_side(tiny_run, tmp_path, capsys):
+    """`--compare LABEL=EVAL_JSON`: the static twin's numbers beside this checkpoint's (issue 17 item 5)."""
+    out = str(tmp_path / 'awnet')
+    assert awnet(['export', tiny_run, '--out', out]) == 0
+    path, record = eval_record(os.path.join(out, 'model.safetensors'), str(tmp_path / 'eval.json'))
+    twin = dict(record, clean_acc=0.5, worst_case=dict(record['worst_case'], robust_acc=0.25, w_robust_acc=0.375),
+                attacks=[dict(a, robust_acc=0.3) if a['name'] == 'pgd_sat' else a for a in record['attacks']
+                         if a['name'] != 'autoattack'])
+    with open(tmp_path / 'twin.json', 'w') as f:
+        json.dump(twin, f)
+    assert awnet(['export', tiny_run, '--out', out, '--eval', path, '--overwrite',
+                  '--compare', f"static twin=x (cifar_resnet18)={tmp_path / 'twin.json'}"]) == 0
+    text = open(os.path.join(out, 'README.md')).read()
+    section = text.split('## Side by side')[1].split('\n## ')[0]
+    rows = [line for line in section.splitlines() if line.startswith('| ') and '---' not in line][1:]
+    assert len(rows) == 2 and rows[0].startswith('| **this checkpoint** (`awnet_r18.')
+    this, other = ([c.strip() for c in r.split('|')[1:-1]] for r in rows)
+    assert other[0] == 'static twin=x (cifar_resnet18)'  # the label is everything before the last '='
+    assert this[2] == f"{100 * record['clean_acc']:.2f}" and other[2] == '50.00'
+    assert other[4] == '30.00' and other[6] == '-' and other[7:9] == ['25.00', '37.50']  # no AutoAttack in its record
+    aa = next(a for a in record['attacks'] if a['name'] == 'autoattack')
+    assert this[6] == f"{100 * aa['robust_acc']:.2f}"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+        awnet(['export', tiny_run, '--out', out, '--overwrite', '--compare', 'no-equals-sign'])
+    assert exit_.value.code == 2 and 'expected LABEL=EVAL_JSON' in capsys.readouterr().err
+    assert awnet(['export', tiny_run, '--out', out, '--overwrite', '--compare', f'x={tmp_path / "missing.json"}']) == 2
+    assert 'does not exist' in capsys.readouterr().err

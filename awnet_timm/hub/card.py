@@ -396,6 +396,28 @@ def _eval_section(record: Dict[str, Any], info: CardInfo) -> List[str]:
     return out
 
 
+def _attack_acc(record: Dict[str, Any], name: str) -> str:
+    return next((pct(a['robust_acc']) for a in record['attacks'] if a['name'] == name), '-')
+
+
+def _compare_section(record: Optional[Dict[str, Any]], info: CardInfo, others: Dict[str, Dict[str, Any]]) -> List[str]:
+    """This checkpoint's evaluation beside other models' records (e.g. the static twin trained beside it)."""
+    rows = ([(f'**this checkpoint** (`{info.architecture}.{info.tag}`)', record)] if record is not None else []) + \
+        list(others.items())
+    out = ['', '## Side by side', '',
+           'Each row is that model\'s own `awnet eval` record; compare rows only where the images (N, data) and '
+           'attacks agree. The worst case is over every attack of its row.', '',
+           '| model | data (N) | clean | FGSM | PGD-20 | CW-inf | AutoAttack | worst case | W-Robust (worst case) | '
+           'attacks |', '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for label, r in rows:
+        data = r['data']
+        out.append(f"| {_cell(label)} | {'exact' if data['exact_pixels'] else 'NOT exact'} {data['split']} ({data['n']}) | "
+                   f"{pct(r['clean_acc'])} | {_attack_acc(r, 'fgsm')} | {_attack_acc(r, 'pgd_sat')} | "
+                   f"{_attack_acc(r, 'cw_inf')} | {_attack_acc(r, 'autoattack')} | {pct(r['worst_case']['robust_acc'])} | "
+                   f"{pct(r['worst_case']['w_robust_acc'])} | {len(r['worst_case']['attacks'])} |")
+    return out
+
+
 def _paper_section(architecture: str) -> List[str]:
     if architecture not in PAPER_RESULTS:
         return []
@@ -448,11 +470,13 @@ def _card_data(cfg: TrainConfig, info: CardInfo, record: Optional[Dict[str, Any]
     )
 
 
-def model_card(cfg: TrainConfig, info: CardInfo, record: Optional[Dict[str, Any]] = None) -> str:
+def model_card(cfg: TrainConfig, info: CardInfo, record: Optional[Dict[str, Any]] = None,
+               compare: Optional[Dict[str, Dict[str, Any]]] = None) -> str:
     """ README.md for a Hub repo: YAML metadata, usage, model details, training, robustness, the paper's numbers.
 
     `record` must already be checked against the file (check_eval_record); without one the card says the
-    weights are not evaluated yet.
+    weights are not evaluated yet. `compare` maps labels to other models' records (load_eval_record), shown in a
+    side-by-side table with this one's.
     """
     arch = info.architecture
     labels = f" ({', '.join(info.label_names)})" if info.label_names else ''
@@ -481,6 +505,8 @@ def model_card(cfg: TrainConfig, info: CardInfo, record: Optional[Dict[str, Any]
         body += ['## Robustness evaluation', '',
                  'Not evaluated yet. Run `awnet eval` on this `model.safetensors` and export again with `--eval`; '
                  '`awnet publish` refuses an unevaluated folder unless told otherwise.']
+    if compare:
+        body += _compare_section(record, info, compare)
     body += _paper_section(arch)
     body += ['', '## Citation', '', '```bibtex', CITATION, '```', '']
     return '---\n' + _card_data(cfg, info, record).to_yaml() + '\n---\n\n' + '\n'.join(body)

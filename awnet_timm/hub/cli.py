@@ -54,7 +54,7 @@ def run_export(args: argparse.Namespace) -> int:
     from .export import export_checkpoint
     result = export_checkpoint(
         args.checkpoint, args.out, eval_record=args.eval, dtype=args.dtype, tag=args.tag, repo_id=args.repo_id,
-        weights=args.weights, releases_dir=args.releases_dir, overwrite=args.overwrite)
+        weights=args.weights, releases_dir=args.releases_dir, overwrite=args.overwrite, compare=dict(args.compare))
     print(f'awnet export: wrote {result.folder}')
     print(f'  repo {result.repo_id}, {result.architecture}.{result.tag}, {result.params / 1e6:.2f}M parameters, '
           f'{result.dtype}, model.safetensors sha256 {result.sha256}')
@@ -108,6 +108,13 @@ def run_mirror(args: argparse.Namespace) -> int:
         mirror.stop()
 
 
+def _label_and_path(text: str):
+    label, sep, path = text.rpartition('=')
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=EVAL_JSON, got '{text}'")
+    return label, path
+
+
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser('export', help=_EXPORT_HELP, description=_EXPORT_HELP, epilog=_EXPORT_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,6 +138,9 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument('--repo-id', default=None, metavar='ORG/NAME',
                    help='Hub repo the card names (default: awnet-timm/<architecture>.<tag>)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
+    p.add_argument('--compare', action='append', default=[], type=_label_and_path, metavar='LABEL=EVAL_JSON',
+                   help="another model's `awnet eval` record to show beside this one in the card's side-by-side table "
+                        "(repeatable), e.g. 'static twin (cifar_resnet18_025.mtard_cifar10)=twin.json'")
     p.set_defaults(func=run_export)
     return p
 

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Dict, Any, Optional
 
 import timm
 import torch
@@ -180,6 +180,7 @@ def export_checkpoint(
         weights: str = 'best',
         releases_dir: str = os.path.join('hub', 'releases'),
         overwrite: bool = False,
+        compare: Optional[Dict[str, str]] = None,
 ) -> ExportResult:
     """ Write the Hub repo folder of a training run; returns where it is and what it holds.
 
@@ -193,6 +194,8 @@ def export_checkpoint(
         repo_id: the Hub repo the card names (default `awnet-timm/<architecture>.<tag>`).
         weights: 'best' or 'last', the run's file to export when `checkpoint` is a directory.
         overwrite: replace an existing `out_dir`.
+        compare: labels mapped to `awnet eval` records of other models (e.g. the static twin trained beside this one):
+            the card shows them beside this export's record.
     """
     if dtype not in DTYPES:
         raise HubReleaseError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
@@ -200,6 +203,7 @@ def export_checkpoint(
         raise HubReleaseError(f"weights must be 'best' or 'last', got '{weights}'")
     run_dir, weights_path = _find_run(checkpoint, weights)
     record = load_eval_record(eval_record) if eval_record else None  # fail early on a malformed record
+    others = {label: load_eval_record(path) for label, path in (compare or {}).items()}  # shown, not shipped
     cfg = load_run_config(run_dir)
     trained_as = architecture_of(cfg.model)  # a base model with a compact variant's widths exports as that variant
     architecture, model_args = registered_variant(trained_as, cfg.model_args())
@@ -261,7 +265,7 @@ def export_checkpoint(
             epoch=_epoch(weights_path), val_images=_val_images(run_dir, _epoch(weights_path)), license=model.pretrained_cfg.get('license') or 'apache-2.0',
             registry_name=f'{architecture}.{tag}' if registered is not None and registered.hf_hub_id == repo_id else None)
         with open(os.path.join(tmp, 'README.md'), 'w') as f:
-            f.write(model_card(cfg, info, record))
+            f.write(model_card(cfg, info, record, others))
         for name in os.listdir(tmp):  # safetensors writes model.safetensors private; a release is ordinary files
             os.chmod(os.path.join(tmp, name), usual_mode())
         os.chmod(tmp, usual_mode(directory=True))  # mkdtemp makes it private too
