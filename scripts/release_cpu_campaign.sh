@@ -51,26 +51,9 @@ release_teacher() {  # STAGE
     released+=("$out")
 }
 
-provenance() {  # STAGE CARD: append how the campaign trained a stage (slices, epochs, CPU time, holdout)
-    "$PYTHON" - "$ZOO/manifest.json" "$1" "$2" <<'PY'
-import json, os, statistics, sys
-m, stage, card = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
-s = m['stages'][stage]
-slices = [x for x in m['slices'] if x['stages'].get(stage, {}).get('epochs_trained')]
-epochs = [e for x in slices for e in x['stages'][stage]['epoch_seconds']]
-text = (f"\n## Trained by `awnet zoo` (plan `{m['plan_name']}`, stage `{stage}`)\n\n"
-        f"{s['epochs_done']} epoch(s) of a planned {s['epochs_planned']} over {s['images_per_epoch']} training images "
-        f"(1000 more held out for selection) in {len(slices)} slice(s), on {s['device']} ({s['precision']}): "
-        f"{s['cpu_seconds'] / 60:.0f} CPU-minutes (process time, both threads), a median epoch of "
-        f"{statistics.median(epochs):.0f} s ({s['images_per_epoch'] / statistics.median(epochs):.0f} training images/s). "
-        f"Holdout at the chosen epoch {s['best']['epoch']}: {100 * s['best']['val_clean_acc']:.1f}% clean, "
-        f"{100 * s['best']['val_pgd_acc']:.1f}% PGD-10.\n")
-with open(card) as f:
-    text = f.read() + text
-with open(card + '.tmp', 'w') as f:  # atomic: the card is whole or as it was
-    f.write(text)
-os.replace(card + '.tmp', card)
-PY
+provenance() {  # STAGE CARD: append how the campaign trained the stage (`awnet zoo report --provenance`, as the zoo's cards)
+    "${AWNET[@]}" zoo report "$ZOO" --provenance "$1" > "$2.provenance"
+    cat "$2" "$2.provenance" > "$2.tmp" && mv "$2.tmp" "$2" && rm "$2.provenance"  # the card is whole or as it was
 }
 
 evaluate_student() {  # STAGE: export, then the release evaluation of the exported file

@@ -582,6 +582,15 @@ def test_campaign_slices_continue_every_stage_to_its_planned_total(digits, reque
         assert sum(f'| {name} | fp32 | {k - 1} -> {k} |' in text for k in (1, 2, 3)) == 3
     assert os.path.getsize(tmp_path / 'curves.png') > 0
     assert main(['zoo', 'report', str(tmp_path)]) == 2 and 'no manifest.json' in capsys.readouterr().err
+    # the card section a release script appends is the one the zoo's own export ends with (as of its export)
+    assert main(['zoo', 'report', zoo, '--provenance', STUDENTS[0]]) == 0
+    section = capsys.readouterr().out
+    with open(os.path.join(zoo, m['stages']['export']['folders'][STUDENTS[0]], 'README.md')) as f:
+        card = f.read()
+    head = section.strip().splitlines()[2].split(' in ')[0]  # Plan `...`, stage `...`, on <device> (<precision>)
+    assert '3 epoch(s) of a planned 3' in section and '## Trained by `awnet zoo`' in card and head in card
+    assert main(['zoo', 'report', zoo, '--provenance', 'evaluate']) == 2
+    assert 'not a training stage' in capsys.readouterr().err
 
 
 def test_campaign_continues_a_run_started_by_the_previous_zoo(smoke, tmp_path):

@@ -72,8 +72,15 @@ def pack_command(args) -> int:
 
 
 def report_command(args) -> int:
-    from .report import curve_table, load_manifest, plot_curves, slice_table, stage_curves
+    from .plan import ZooError
+    from .report import curve_table, load_manifest, plot_curves, provenance, slice_table, stage_curves
     m = load_manifest(args.dir)
+    if args.provenance:  # the card section of one training stage, for release scripts
+        if (m['stages'].get(args.provenance) or {}).get('kind') != 'train' or 'settings' not in m['stages'][args.provenance]:
+            raise ZooError(f"'{args.provenance}' is not a training stage with a run in {args.dir}: "
+                           f"{', '.join(n for n, s in m['stages'].items() if s.get('kind') == 'train')}")
+        print(provenance(m, args.provenance), end='')
+        return 0
     curves = stage_curves(args.dir, m)
     print(f"zoo folder {args.dir}: plan {m.get('plan_name')}, {len(m.get('slices', []))} slice(s)\n")
     print(slice_table(m) + '\n')
@@ -129,6 +136,8 @@ def add_zoo_parser(sub) -> argparse.ArgumentParser:
     c.add_argument('dir', help='the --out folder of `awnet zoo run`')
     c.add_argument('--plot', default='', help='the plot file (default: DIR/curves.png)')
     c.add_argument('--stages', nargs='*', default=None, help='plot only these training stages (default: all)')
+    c.add_argument('--provenance', default='', metavar='STAGE',
+                   help="print only the model-card section on how the zoo trained STAGE (what its exports' cards end with)")
     c.set_defaults(func=report_command)
     k = zoo.add_parser('pack', help='Split a zoo folder\'s results into parts for the trip back, in priority order.')
     k.add_argument('dir', help='the --out folder of `awnet zoo run`')

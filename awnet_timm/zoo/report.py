@@ -5,14 +5,15 @@ time, and each training stage's holdout accuracy epoch by epoch (from its run's 
 training hours, with the slice boundaries marked: the curve that says whether further slices still improve a model.
 """
 import os
-from typing import Any, Dict, List, Optional
+import statistics
+from typing import Any, Callable, Dict, List, Optional
 
 from ..eval.report import save_figure
 from ..utils import read_json
 from .budget import measured_epochs
 from .plan import ZooError
 
-__all__ = ['stage_curves', 'slice_table', 'curve_table', 'plot_curves', 'load_manifest']
+__all__ = ['stage_curves', 'slice_table', 'curve_table', 'plot_curves', 'load_manifest', 'provenance', 'latest_evaluation']
 
 
 def load_manifest(out: str) -> Dict[str, Any]:
@@ -109,3 +110,57 @@ def plot_curves(curves: Dict[str, List[Dict[str, Any]]], manifest: Dict[str, Any
     save_figure(fig, path)
     plt.close(fig)
     return fig
+
+
+def latest_evaluation(manifest: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """The zoo's last complete evaluation of a stage ({} when there is none); the runner also checks it is of the
+    stage's current weights."""
+    for s in manifest['stages'].values():
+        r = (s.get('results') or {}).get(name) if s.get('kind') == 'evaluate' else None
+        if r and r.get('complete', True):
+            return r
+    return {}
+
+
+def provenance(manifest: Dict[str, Any], name: str,
+               evaluation: Optional[Callable[[str], Dict[str, Any]]] = None) -> str:
+    """ The card section that says how the zoo trained a stage: plan, slices, epochs, time, speed, holdout, teachers.
+
+    Cards of the zoo's exports end with it, and `scripts/release_cpu_campaign.sh` appends it to releases
+    (`awnet zoo report DIR --provenance STAGE`). `evaluation(teacher)` gives a teacher's measured numbers.
+    """
+    evaluation = evaluation or (lambda n: latest_evaluation(manifest, n))
+    m, s = manifest, manifest['stages'][name]
+    settings = s['settings']
+    slices = [x for x in m['slices'] if name in x.get('stages', {}) and x['stages'][name].get('epochs_trained')]
+    epochs = [e for x in slices for e in x['stages'][name].get('epoch_seconds', [])]
+    speed = (s.get('measured') or {}).get('images_per_second') or (s.get('probe') or {}).get('images_per_second', 0.)
+    flops = (s.get('probe') or {}).get('flops_per_image')
+    budgets = ', '.join(f"{x['budget_minutes']:g}" for x in slices)
+    cpu = f", {s['cpu_seconds'] / 60:.0f} CPU-minutes (process time, all threads)" if s.get('cpu_seconds') else ''
+    median = f", a median epoch of {statistics.median(epochs):.0f} s" if epochs else ''
+    best = s.get('best') or {}
+    holdout = (f" Holdout at the chosen epoch {best['epoch']}: {100 * best['val_clean_acc']:.1f}% clean, "
+               f"{100 * best['val_pgd_acc']:.1f}% PGD-10." if 'val_pgd_acc' in best else '')
+    precisions = sorted({x['stages'][name].get('precision') for x in slices} - {None})
+    lines = ['', '## Trained by `awnet zoo`', '',
+             f"Plan `{m['plan_name']}`, stage `{name}`, on {s['device']} ({', '.join(precisions) or s['precision']}) "
+             f"in {max(1, len(slices))} run(s) of {budgets or m['budget_minutes']} minutes, seed {settings['seed']}: "
+             f"{s['epochs_done']} epoch(s) of a planned {s['epochs_planned']} over {s['images_per_epoch']} images, "
+             f"{s['recipe']} recipe, best checkpoint by W-Robust accuracy on the {s.get('selection', 'holdout')}, "
+             f"{speed:.0f} training images/s measured over whole epochs"
+             + (f" ({flops * speed / 1e12:.2f} TFLOP/s)" if flops else '') + f"{median}, {s['seconds'] / 60:.1f} minutes"
+             + f"{cpu}.{holdout}", '']
+    for role, key in (('clean', 'teacher_nat'), ('robust', 'teacher_adv')):
+        if not settings.get(key):
+            continue
+        teacher = (s.get('teachers') or {}).get(key)
+        t = m['stages'].get(teacher, {})
+        measured = evaluation(teacher) if teacher else {}
+        acc = ', '.join(f"{100 * v['clean_acc']:.2f}% clean on the {v['data']}" for v in measured['clean'].values()) \
+            if measured else 'not measured'
+        if measured and 'pgd20_acc' in measured:
+            acc += f", {100 * measured['pgd20_acc']:.2f}% under PGD-20 on {measured['pgd20_n']} exact test images"
+        lines.append(f"- {role.capitalize()} teacher: `{t.get('model')}` trained by stage `{teacher}` ({t.get('recipe')}, "
+                     f"{t.get('epochs_done')} epoch(s)): {acc}.")
+    return '\n'.join(lines) + '\n'

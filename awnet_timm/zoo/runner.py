@@ -58,6 +58,7 @@ from ..training.trainer import RESUMABLE_CHANGES, DivergenceError, RunInterrupte
 from ..utils import atomic_write, atomic_write_text, read_json, resolve_device, sha256_file
 from .budget import Probe, device_name, measured_epochs, next_epoch_seconds, probe_stage, uses_autocast
 from .plan import EvaluateStage, ExportStage, Plan, TrainStage, ZooError, eval_splits
+from .report import provenance
 
 __all__ = ['run_zoo', 'ZooResult', 'MANIFEST_VERSION', 'merge_chunks', 'summary_table', 'stage_config']
 
@@ -831,32 +832,7 @@ class _Run:
         return {}
 
     def provenance(self, name: str) -> str:
-        m, s = self.manifest, self.record(name)
-        settings = s['settings']
-        slices = [x for x in m['slices'] if name in x.get('stages', {}) and x['stages'][name].get('epochs_trained')]
-        speed = (s.get('measured') or {}).get('images_per_second') or (s.get('probe') or {}).get('images_per_second', 0.)
-        flops = (s.get('probe') or {}).get('flops_per_image')
-        budgets = ', '.join(f"{x['budget_minutes']:g}" for x in slices)
-        lines = ['', '## Trained by `awnet zoo`', '',
-                 f"Plan `{m['plan_name']}` on {s['device']} ({s['precision']}) in {max(1, len(slices))} run(s) of "
-                 f"{budgets or m['budget_minutes']} minutes, seed {settings['seed']}: "
-                 f"{s['epochs_done']} epoch(s) of a planned {s['epochs_planned']} over {s['images_per_epoch']} images, "
-                 f"{s['recipe']} recipe, best checkpoint by W-Robust accuracy on the {s.get('selection', 'holdout')}, "
-                 f"{speed:.0f} training images/s measured over whole epochs"
-                 + (f" ({flops * speed / 1e12:.2f} TFLOP/s)" if flops else '') + f", {s['seconds'] / 60:.1f} minutes.", '']
-        for role, key in (('clean', 'teacher_nat'), ('robust', 'teacher_adv')):
-            if not settings.get(key):
-                continue
-            teacher = s['teachers'].get(key)
-            t = m['stages'].get(teacher, {})
-            measured = self.evaluation(teacher) if teacher else {}
-            acc = ', '.join(f"{100 * v['clean_acc']:.2f}% clean on the {v['data']}" for v in measured['clean'].values()) \
-                if measured else 'not measured'
-            if measured and 'pgd20_acc' in measured:
-                acc += f", {100 * measured['pgd20_acc']:.2f}% under PGD-20 on {measured['pgd20_n']} exact test images"
-            lines.append(f"- {role.capitalize()} teacher: `{t.get('model')}` trained by stage `{teacher}` ({t.get('recipe')}, "
-                         f"{t.get('epochs_done')} epoch(s)): {acc}.")
-        return '\n'.join(lines) + '\n'
+        return provenance(self.manifest, name, self.evaluation)
 
     def run_export(self, i: int, stage: ExportStage):
         """Export the listed students whose weights or evaluation changed since their last export."""
