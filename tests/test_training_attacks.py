@@ -122,3 +122,24 @@ def test_mixed_attack_route_attacks_half_the_batch_through_each_bn_branch(digits
     assert not torch.equal(LinfPGD(model, route='adv', **common).perturb(x[3:], y[3:]), clean)  # the routes differ
     static = timm.create_model('cifar_resnet18', num_classes=10, **TINY)
     assert create_recipe(cfg, static, TrainForward(static), None).attack_clean is None  # no routes: one attack
+
+
+def test_a_collapse_of_holdout_robustness_is_flagged_and_the_best_checkpoint_kept(digits, tmp_path, monkeypatch, capsys):
+    """Catastrophic overfitting: an epoch whose holdout PGD accuracy falls below half the best's is flagged in the log
+    and said, and best.safetensors keeps the earlier epoch."""
+    import json
+    import os
+    from awnet_timm.training import trainer
+    from awnet_timm.training.trainer import robust_collapsed
+    assert robust_collapsed(0.4, 0.19) and not robust_collapsed(0.4, 0.21) and not robust_collapsed(0.08, 0.0)
+    pgd = iter([0.40, 0.05, 0.30])  # holdout PGD accuracy of epochs 1-3 (clean 0.6 each)
+
+    def fake_evaluate(model, loader, *args, **kwargs):
+        return {'correct_clean': torch.tensor(60.), 'correct_pgd': torch.tensor(100 * next(pgd)), 'count': torch.tensor(100.)}
+    monkeypatch.setattr(trainer, 'evaluate', fake_evaluate)
+    result = train(tiny_config(digits, tmp_path, model='cifar_resnet18', model_kwargs=TINY, recipe='standard', epochs=3,
+                               val_size=64, train_size=256))
+    log = [json.loads(line) for line in open(os.path.join(result.run_dir, 'log.jsonl'))]
+    assert 'robust_collapse' not in log[0] and 'robust_collapse' not in log[2]
+    assert log[1]['robust_collapse'] == {'best_epoch': 1, 'best_val_pgd_acc': 0.4}
+    assert result.best['epoch'] == 1 and 'catastrophic overfitting?' in capsys.readouterr().out

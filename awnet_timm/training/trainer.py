@@ -3,6 +3,9 @@
 Per epoch: shuffle and augment on the device, one recipe step per batch (bf16 autocast on CUDA),
 SGD step, MTARD weight update; then clean and PGD accuracy on the held-out set, W-Robust accuracy
 (mean of the two, Eq. 23) to pick the best checkpoint, atomic checkpoints and one JSON line of log.
+An epoch whose holdout PGD accuracy falls below half the best epoch's (`robust_collapsed`: catastrophic
+overfitting) is flagged in its log record (`robust_collapse`) and said; the run goes on, and the best
+checkpoint stays at the earlier epoch unless a later one beats it.
 
 Exact resume: a run's randomness is re-seeded from (seed, epoch, rank) at every epoch boundary and the
 data order is a function of (seed, epoch), so restoring model, optimizer, scheduler and MTARD weights
@@ -48,7 +51,7 @@ from .recipes import TrainForward, create_recipe, is_dynamic, train_step
 from .schedules import create_lr_scheduler
 from .teachers import load_teacher
 
-__all__ = ['train', 'TrainResult', 'evaluate', 'create_train_optimizer', 'fixed_batch_step', 'load_run_config', 'RESUMABLE_CHANGES', 'DivergenceError', 'RunInterrupted']
+__all__ = ['train', 'TrainResult', 'evaluate', 'robust_collapsed', 'create_train_optimizer', 'fixed_batch_step', 'load_run_config', 'RESUMABLE_CHANGES', 'DivergenceError', 'RunInterrupted']
 
 # fields a resumed run may change: they do not alter what the run computed so far (a changed `epochs` rebuilds
 # the lr schedule for the new length from the current step on)
@@ -175,6 +178,13 @@ def _resolve_run_dir(cfg: TrainConfig) -> Tuple[str, Optional[str]]:
         raise ConfigError(f"run directory '{run_dir}' already holds a run: pass --resume auto to continue it, "
                           f"or another --run-name")
     return run_dir, None
+
+
+def robust_collapsed(best_pgd: float, pgd: float) -> bool:
+    """Whether an epoch's holdout PGD accuracy has collapsed against the best epoch's: below half of it, from a best
+    of at least 10% (catastrophic overfitting: robust accuracy falls towards 0 within an epoch or two while clean
+    accuracy rises; Wong et al. 2020, de Jorge et al. 2022)."""
+    return best_pgd >= 0.1 and pgd < 0.5 * best_pgd
 
 
 def _check_resumable(cfg: TrainConfig, saved: TrainConfig, epochs_done: int):
@@ -479,6 +489,14 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
             clean, robust = counts['correct_clean'] / counts['count'], counts['correct_pgd'] / counts['count']
             record.update(val_images=int(counts['count']), val_clean_acc=clean, val_pgd_acc=robust,
                           val_w_robust_acc=(clean + robust) / 2)  # W-Robust accuracy, Eq. 23
+        if best is not None and 'val_pgd_acc' in record and robust_collapsed(best['val_pgd_acc'], record['val_pgd_acc']):
+            # catastrophic overfitting (or another collapse): flagged and said; the best checkpoint stays where it was
+            record['robust_collapse'] = {'best_epoch': best['epoch'], 'best_val_pgd_acc': best['val_pgd_acc']}
+            if d.main:
+                tqdm.write(f"awnet train: holdout PGD accuracy fell to {100 * record['val_pgd_acc']:.1f}% at epoch "
+                           f"{epoch + 1} from {100 * best['val_pgd_acc']:.1f}% at epoch {best['epoch']}: catastrophic "
+                           f"overfitting? best.safetensors keeps epoch {best['epoch']} unless a later epoch beats it; "
+                           f"a run that stays collapsed wants a stronger training attack (more PGD steps)")
         record['epoch_seconds'] = time.time() - t_epoch
         if schedule_was is not None and epoch == start_epoch:
             record['schedule_was'] = schedule_was  # the lr schedule changed at this epoch (a resume with new epochs)

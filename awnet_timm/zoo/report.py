@@ -58,6 +58,8 @@ def slice_table(manifest: Dict[str, Any]) -> str:
             last = e.get('holdout_last') or {}
             holdout = (f"{100 * last['val_clean_acc']:.1f}% / {100 * last['val_pgd_acc']:.1f}% (epoch {last['epoch']})"
                        if 'val_pgd_acc' in last else '')
+            if e.get('robust_collapse_epochs'):
+                holdout += f"; PGD collapsed at epoch(s) {', '.join(map(str, e['robust_collapse_epochs']))}"
             lines.append(f"{head} {name} | {e.get('precision', '')} | {e.get('epochs_before', 0)} -> "
                          f"{e.get('epochs_after', '')} | {e.get('images_per_second', 0):.0f} | {holdout} |")
     return '\n'.join(lines)

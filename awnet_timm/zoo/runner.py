@@ -679,6 +679,11 @@ class _Run:
                      images=entry['images'] + sum(r['images'] for r in new), holdout_last=result.last and {
                          k: result.last[k] for k in ('epoch', 'val_clean_acc', 'val_pgd_acc', 'val_w_robust_acc') if k in result.last},
                      holdout_best=result.best, precision=self.manifest['stages'][name]['precision'])
+        collapsed = [r['epoch'] for r in new if r.get('robust_collapse')]
+        if collapsed:  # catastrophic overfitting, flagged by the trainer: kept in the slice's record and said
+            entry['robust_collapse_epochs'] = entry.get('robust_collapse_epochs', []) + collapsed
+            _say(f"{name}: holdout PGD accuracy collapsed at epoch(s) {', '.join(map(str, collapsed))} (below half the "
+                 f"best epoch's); the best checkpoint stays at epoch {(result.best or {}).get('epoch')}")
         entry['images_per_second'] = entry['images'] / max(1e-9, sum(entry['epoch_seconds']))
         self.save()
         return len(new)
