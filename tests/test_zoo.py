@@ -684,6 +684,7 @@ def test_warm_start_from_released_weights_when_the_campaign_folder_is_gone(smoke
     os.remove(releases / 'awnet.mtard_t' / 'model.safetensors')
     assert main(args[:args.index('--out') + 1] + [str(tmp_path / 'zoo2')] + args[args.index('--out') + 2:]) == 2
     assert 'release_weights.py restore' in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / 'zoo2' / 'runs' / 'teacher_clean')  # checked before anything was written
 
 
 def test_the_cpu_plan_names_its_releases_by_their_registered_tags():

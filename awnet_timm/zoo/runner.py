@@ -25,6 +25,9 @@ training included, marked by their epochs; `--redo evaluate` asks for all again)
 share only in a slice where a student has new weights or can train, and a model's evaluation that finds no time
 left waits for the next slice (a fit run evaluates at least `n_min` images of every student, even past the deadline).
 
+A campaign whose folder is gone starts a new one from the released weights with `--warm-start RELEASES` (recorded in
+`manifest['warm_start']`; `_Run._warm_start` has the rules); with the folder there, the option is unused.
+
 `--resume` refuses a plan whose training stage changed since it started (`--redo NAME` trains it again from scratch,
 its dependents too); a changed evaluate or export stage is redone, and the run says so.
 `OUT/manifest.json` (written atomically) holds the plan, every stage's state, and `slices`: one entry per run with
@@ -304,18 +307,22 @@ class _Run:
         """
         teachers = {t for s in self.plan.stages if isinstance(s, TrainStage) for t in s.teacher_refs()}
         record = {'from': os.path.abspath(folder), 'at': _now(), 'stages': {}}
+        released = [s for s in self.plan.stages if isinstance(s, TrainStage) and s.release
+                    and os.path.isdir(os.path.join(folder, s.release))]
+        for s in released:  # every release is checked before anything is written
+            if not os.path.isfile(os.path.join(folder, s.release, 'model.safetensors')):
+                raise ZooError(f"--warm-start: '{os.path.join(folder, s.release)}' has no model.safetensors (the weights "
+                               f"of a release are kept out of the tree): restore them first with "
+                               f"`python scripts/release_weights.py restore`")
         for s in self.plan.stages:
             if not isinstance(s, TrainStage):
                 continue
-            release = os.path.join(folder, s.release) if s.release else ''
-            if not release or not os.path.isdir(release):
+            if s not in released:
                 why = f'no release {s.release} in {folder}' if s.release else 'the plan names no release for it'
                 record['stages'][s.name] = {'start': 'from scratch', 'why': why}
                 continue
+            release = os.path.join(folder, s.release)
             source = os.path.join(release, 'model.safetensors')
-            if not os.path.isfile(source):
-                raise ZooError(f"--warm-start: '{release}' has no model.safetensors (the weights of a release are kept out "
-                               f"of the tree): restore them first with `python scripts/release_weights.py restore`")
             epochs = _release_epochs(os.path.join(release, 'README.md'))
             run = self.run_dir(s.name)
             os.makedirs(run, exist_ok=True)
