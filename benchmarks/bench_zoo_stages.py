@@ -36,7 +36,7 @@ import awnet_timm  # noqa: F401  registers the models
 from awnet_timm.data import ImageTensors
 from awnet_timm.utils import resolve_device
 from awnet_timm.zoo import load_plan
-from awnet_timm.zoo.budget import device_name, probe_stage, uses_autocast
+from awnet_timm.zoo.budget import device_name, probe_stage
 from awnet_timm.zoo.plan import TrainStage
 from awnet_timm.zoo.runner import stage_config
 
@@ -90,7 +90,7 @@ def probe(configs, stage_name: str, teacher_refs, device, warmup: int, steps: in
             teachers = [t.to(memory_format=torch.channels_last) for t in teachers]
     p = probe_stage(cfg, data, teachers, device, warmup=warmup, steps=steps)
     return dict(p.to_dict(), model=cfg.model, recipe=cfg.recipe, attack_steps=cfg.attack_steps,
-                precision='bf16' if uses_autocast(cfg, device) else 'fp32')
+                precision='bf16' if cfg.autocast(device) else 'fp32')
 
 
 def _worker(configs, stage_name, teacher_refs, warmup, steps, barrier, queue):

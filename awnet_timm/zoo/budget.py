@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..data import DeviceLoader, ImageTensors
 from ..training import TrainConfig, create_model_with_weights, evaluate, fixed_batch_step
 
-__all__ = ['Probe', 'probe_stage', 'fit_epochs', 'device_name', 'uses_autocast', 'measured_epochs', 'next_epoch_seconds']
+__all__ = ['Probe', 'probe_stage', 'fit_epochs', 'device_name', 'measured_epochs', 'next_epoch_seconds']
 
 
 @dataclass
@@ -43,11 +43,6 @@ class Probe:
 
     def to_dict(self) -> Dict[str, float]:
         return dict(asdict(self), tflops=self.tflops)
-
-
-def uses_autocast(cfg: TrainConfig, device: torch.device) -> bool:
-    """The trainer's rule (`TrainConfig.autocast`)."""
-    return cfg.autocast(device)
 
 
 def device_name(device: torch.device) -> str:
@@ -81,7 +76,7 @@ def probe_stage(cfg: TrainConfig, data: ImageTensors, teachers: Optional[Sequenc
     model = create_model_with_weights(cfg.model, cfg.pretrained, len(data.classes), **cfg.model_args()).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    autocast = uses_autocast(cfg, device)
+    autocast = cfg.autocast(device)
     batch = min(cfg.batch_size, len(data))
     loader = DeviceLoader(data.subset(0, batch), batch, device, train=True, pad=cfg.crop_pad, flip=cfg.hflip,
                           seed=cfg.seed, channels_last=cfg.channels_last)

@@ -119,7 +119,7 @@ def latest_evaluation(manifest: Dict[str, Any], name: str) -> Dict[str, Any]:
     stage's current weights."""
     for s in manifest['stages'].values():
         r = (s.get('results') or {}).get(name) if s.get('kind') == 'evaluate' else None
-        if r and r.get('complete', True):
+        if r and r.get('complete'):
             return r
     return {}
 

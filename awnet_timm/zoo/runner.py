@@ -59,16 +59,16 @@ from ..training.checkpoint import CheckpointError, load_train_state
 from ..training.config import ConfigError
 from ..training.trainer import RESUMABLE_CHANGES, DivergenceError, RunInterrupted
 from ..utils import atomic_write, atomic_write_text, read_json, resolve_device, sha256_file
-from .budget import Probe, device_name, measured_epochs, next_epoch_seconds, probe_stage, uses_autocast
+from .budget import Probe, device_name, measured_epochs, next_epoch_seconds, probe_stage
 from .plan import EvaluateStage, ExportStage, Plan, TrainStage, ZooError, eval_splits
-from .report import provenance
+from .report import latest_evaluation, provenance
 
 __all__ = ['run_zoo', 'ZooResult', 'MANIFEST_VERSION', 'merge_chunks', 'summary_table', 'stage_config']
 
 MANIFEST_VERSION = 2
 FINAL = ('done', 'shortened')  # a training stage that trains no further: its dependents may start
 _ONE_EPOCH = 1e-9  # max_minutes already spent: the trainer stops at its first epoch boundary (one epoch per call)
-_NOT_COMPARED = set(RESUMABLE_CHANGES) | {'teacher_nat_checkpoint', 'teacher_adv_checkpoint', 'pretrained'}  # paths of this run
+_NOT_COMPARED = set(RESUMABLE_CHANGES) | {'teacher_nat_checkpoint', 'teacher_adv_checkpoint'}  # paths of this run
 
 
 @dataclass
@@ -671,7 +671,7 @@ class _Run:
                     'images_per_second': sum(r['images'] for r in records) / max(1e-9, sum(r['epoch_seconds'] for r in records))}
         self.manifest['stages'][name] = dict(
             kind='train', status='done' if m.done >= total else 'partial', model=cfg.model, recipe=cfg.recipe,
-            probe=m.probe, device=device_name(self.device), precision='bf16' if uses_autocast(cfg, self.device) else 'fp32',
+            probe=m.probe, device=device_name(self.device), precision='bf16' if cfg.autocast(self.device) else 'fp32',
             allotted_seconds=allotted, images_per_epoch=m.images, run_dir=self.rel(result.run_dir), settings=cfg.to_dict(),
             selection=f'{cfg.val_split}: {cfg.val_size} images' if cfg.val_size else 'none (last epoch)',
             teachers={k: v[1:] for k, v in m.stage.config.items() if k in ('teacher_nat', 'teacher_adv') and str(v).startswith('@')},
@@ -837,11 +837,8 @@ class _Run:
     # export -----------------------------------------------------------------------------------------------------
     def evaluation(self, name: str) -> Dict[str, Any]:
         """The latest evaluation of a stage's current weights ({} when there is none)."""
-        for s in self.manifest['stages'].values():
-            r = (s.get('results') or {}).get(name) if s.get('kind') == 'evaluate' else None
-            if r and r.get('complete') and self.weights(name) and r.get('source_sha256') == self.sha(self.weights(name)):
-                return r
-        return {}
+        r = latest_evaluation(self.manifest, name)
+        return r if r and self.weights(name) and r.get('source_sha256') == self.sha(self.weights(name)) else {}
 
     def provenance(self, name: str) -> str:
         return provenance(self.manifest, name, self.evaluation)
