@@ -51,7 +51,11 @@ CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog
 PUBLISHED_WEIGHTS: Set[str] = set()
 # `arch.tag` names whose weights are released in this repository (hub/releases, listed in its README.md with
 # their sha256 and commit; `awnet mirror hub/releases` serves them) but not yet uploaded to the Hub.
-RELEASED_WEIGHTS: Set[str] = {'cifar_resnet18_025.pgd_at_cifar10', 'cifar_resnet18_025.standard_cifar10'}
+RELEASED_WEIGHTS: Set[str] = {
+    'cifar_resnet18_025.pgd_at_cifar10', 'cifar_resnet18_025.standard_cifar10',  # the CPU campaign's
+    'awnet_r18.mtard_cifar10', 'cifar_resnet18.mtard_cifar10',  # a GPU window's students
+    'cifar_resnet18.pgd_at_cifar10', 'cifar_resnet18.standard_cifar10',  # and their teachers
+}
 
 
 def _check_route(route: str) -> None:
@@ -443,6 +447,8 @@ default_cfgs = generate_default_cfgs({
     'awnet_r18.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/awnet_r18.mtard_cifar10'),
     'awnet_r34.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/awnet_r34.mtard_cifar10'),
     'cifar_resnet18.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/cifar_resnet18.mtard_cifar10', first_conv='stem.conv'),
+    'cifar_resnet18.pgd_at_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/cifar_resnet18.pgd_at_cifar10', first_conv='stem.conv'),
+    'cifar_resnet18.standard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/cifar_resnet18.standard_cifar10', first_conv='stem.conv'),
     # CPU-sized compact models (timm's width suffix: _025 = a quarter of every width), trained on 2 CPU cores
     'awnet_r18_025.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/awnet_r18_025.mtard_cifar10'),
     'cifar_resnet18_025.mtard_cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/cifar_resnet18_025.mtard_cifar10', first_conv='stem.conv'),
@@ -482,8 +488,8 @@ def _released_hint() -> str:
     released = sorted(RELEASED_WEIGHTS | PUBLISHED_WEIGHTS)
     if not released:
         return ''
-    return (f" Trained weights exist for: {', '.join(released)} (CPU-sized compact models; in this repository's "
-            f"hub/releases, served by `awnet mirror hub/releases`).")
+    return (f" Trained weights exist for: {', '.join(released)} (in this repository's hub/releases, served by "
+            f"`awnet mirror hub/releases`).")
 
 
 def _fill_hpm_state(fits, state_dict: Dict[str, torch.Tensor], model: AWNet) -> Dict[str, torch.Tensor]:
