@@ -206,6 +206,22 @@ def test_card_says_how_many_images_picked_the_best_epoch(tmp_path):
     assert 'on the first 9 images of the test split' in card and '1000 images' not in card
 
 
+def test_card_and_zoo_row_say_when_a_run_stopped_before_its_schedule_ended(tmp_path, capsys):
+    run = make_run(str(tmp_path / 'run'), model_kwargs=TINY_AWNET, epochs=17, epoch=15)
+    with open(os.path.join(run, 'log.jsonl'), 'w') as f:  # a time limit stopped it after epoch 16 of 17
+        for epoch in range(1, 17):
+            f.write(json.dumps({'epoch': epoch, 'val_images': 1000}) + '\n')
+    card = open(os.path.join(export_checkpoint(run, str(tmp_path / 'a')).folder, 'README.md')).read()
+    assert '- **Schedule:** 17 epochs planned, 16 trained (stopped before its schedule ended), batch' in card
+    assert 'held out of training; epoch 15 of 17' in card
+    assert awnet(['export', run, '--out', str(tmp_path / 'b')]) == 0
+    assert '| mtard, 16 of 17 ep |' in capsys.readouterr().out  # the MODEL_CARD.md row
+    with open(os.path.join(run, 'log.jsonl'), 'a') as f:  # trained to the end: the schedule as it was
+        f.write(json.dumps({'epoch': 17, 'val_images': 1000}) + '\n')
+    card = open(os.path.join(export_checkpoint(run, str(tmp_path / 'c')).folder, 'README.md')).read()
+    assert '- **Schedule:** 17 epochs, batch' in card and 'planned' not in card
+
+
 def test_hpm_export_defaults_to_a_tag_that_names_the_hpm_head(tiny_run, tmp_path):
     hpm = make_run(str(tmp_path / 'hpm-run'), model_kwargs=TINY_AWNET, recipe='pgd_at', head='hpm', pretrained=tiny_run)
     result = export_checkpoint(hpm, releases_dir=str(tmp_path / 'releases'))

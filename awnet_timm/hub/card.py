@@ -86,6 +86,7 @@ class CardInfo:
     weights_file: str  # the run's file the weights came from: best.safetensors or last.safetensors
     epoch: Optional[int]
     val_images: Optional[int] = None  # held-out images the run evaluated at that epoch (from its log)
+    epochs_trained: Optional[int] = None  # the last epoch its log records: fewer than configured if it stopped early
     license: str = 'apache-2.0'
     registry_name: Optional[str] = None  # `arch.tag` when awnet_timm's pretrained cfg points at repo_id
 
@@ -280,6 +281,13 @@ def _selection(cfg: TrainConfig, info: CardInfo) -> str:
     return f'`{info.weights_file}`: the last epoch of the run; {epoch}'
 
 
+def _epochs(cfg: TrainConfig, info: CardInfo) -> str:
+    """The epochs of the schedule, and those trained where the run stopped before its end."""
+    if info.epochs_trained is not None and info.epochs_trained < cfg.epochs:
+        return f'{cfg.epochs} epochs planned, {info.epochs_trained} trained (stopped before its schedule ended)'
+    return f'{cfg.epochs} epochs'
+
+
 def _lr_schedule(cfg: TrainConfig) -> str:
     """The lr schedule of a run, as `training/schedules.py` builds it."""
     warmup = f'{cfg.warmup_epochs} linear warm-up epoch(s) from lr/100, then ' if cfg.warmup_epochs else ''
@@ -307,7 +315,7 @@ def _recipe_lines(cfg: TrainConfig, info: CardInfo) -> List[str]:
     lines = [f'- **Recipe:** `{cfg.recipe}`, {_RECIPES.get(cfg.recipe, cfg.recipe)}',
              f'- **Data:** {_training_data(cfg)}',
              f'- **Weights:** {_selection(cfg, info)}',
-             f'- **Schedule:** {cfg.epochs} epochs, batch {cfg.batch_size}, SGD momentum {cfg.momentum}, lr {cfg.lr}'
+             f'- **Schedule:** {_epochs(cfg, info)}, batch {cfg.batch_size}, SGD momentum {cfg.momentum}, lr {cfg.lr}'
              + (f' (router {cfg.router_lr})' if awnet else '') + f', weight decay {cfg.weight_decay}, '
              + _lr_schedule(cfg)]
     if cfg.recipe != 'standard':
@@ -522,6 +530,7 @@ def zoo_row(cfg: TrainConfig, info: CardInfo, record: Optional[Dict[str, Any]]) 
                    pct(record['worst_case']['robust_acc']), pct(record['worst_case']['w_robust_acc'])]
     else:
         numbers = ['not evaluated'] + ['-'] * 3
-    recipe = f'{cfg.recipe}, {cfg.epochs} ep'
+    trained = info.epochs_trained if info.epochs_trained is not None else cfg.epochs
+    recipe = f'{cfg.recipe}, {trained} ep' if trained >= cfg.epochs else f'{cfg.recipe}, {trained} of {cfg.epochs} ep'
     return (f'| `{info.architecture}` | `{info.tag}` | {info.params / 1e6:.2f}M | {data} | {recipe} | '
             + ' | '.join(numbers) + f' | [{info.repo_id}](https://huggingface.co/{info.repo_id}) |')

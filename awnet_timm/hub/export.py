@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Any, Optional
+from typing import Any, Dict, List, Optional
 
 import timm
 import torch
@@ -103,20 +103,33 @@ def _label_names(cfg: TrainConfig, model) -> Optional[list]:
     return None
 
 
-def _val_images(run_dir: str, epoch: Optional[int]) -> Optional[int]:
-    """How many held-out images the run evaluated at `epoch` (its log.jsonl record), if it says."""
+def _log_records(run_dir: str) -> List[Dict[str, Any]]:
+    """The run's log.jsonl records (dicts; unreadable lines skipped), none without a log."""
     path = os.path.join(run_dir, 'log.jsonl')
-    if epoch is None or not os.path.isfile(path):
-        return None
+    if not os.path.isfile(path):
+        return []
+    records = []
     with open(path) as f:
         for line in f:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and record.get('epoch') == epoch and isinstance(record.get('val_images'), int):
-                return record['val_images']
-    return None
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def _val_images(records: List[Dict[str, Any]], epoch: Optional[int]) -> Optional[int]:
+    """How many held-out images the run evaluated at `epoch` (its log record), if it says."""
+    return next((r['val_images'] for r in records if epoch is not None and r.get('epoch') == epoch
+                 and isinstance(r.get('val_images'), int)), None)
+
+
+def _epochs_trained(records: List[Dict[str, Any]]) -> Optional[int]:
+    """The last epoch the run's log records (a run stopped by its time limit trains fewer than configured)."""
+    epochs = [r['epoch'] for r in records if isinstance(r.get('epoch'), int)]
+    return max(epochs) if epochs else None
 
 
 def _registered_cfg(name: str):
@@ -256,13 +269,15 @@ def export_checkpoint(
         with open(os.path.join(tmp, 'config.json')) as f:
             hf_config = json.load(f)
         registered = _registered_cfg(f'{architecture}.{tag}')
+        log = _log_records(run_dir)
         info = CardInfo(
             repo_id=repo_id, architecture=architecture, tag=tag,
             model_args={k: v for k, v in hf_config.get('model_args', {}).items() if k not in ('num_classes', 'in_chans', 'global_pool')},
             input_size=tuple(hf_config['pretrained_cfg']['input_size']),
             num_classes=hf_config['num_classes'], label_names=label_names, params=params, sha256=sha,
             dtype=str(DTYPES[dtype]).replace('torch.', ''), weights_file=os.path.basename(weights_path),
-            epoch=_epoch(weights_path), val_images=_val_images(run_dir, _epoch(weights_path)), license=model.pretrained_cfg.get('license') or 'apache-2.0',
+            epoch=_epoch(weights_path), val_images=_val_images(log, _epoch(weights_path)),
+            epochs_trained=_epochs_trained(log), license=model.pretrained_cfg.get('license') or 'apache-2.0',
             registry_name=f'{architecture}.{tag}' if registered is not None and registered.hf_hub_id == repo_id else None)
         with open(os.path.join(tmp, 'README.md'), 'w') as f:
             f.write(model_card(cfg, info, record, others))
