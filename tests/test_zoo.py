@@ -16,7 +16,7 @@ from awnet_timm.eval.harness import evaluate_robustness
 from awnet_timm.eval.suite import build_suite
 from awnet_timm.utils import sha256_file
 from awnet_timm.zoo import PackError, ZooError, load_plan, list_plans, pack_run, unpack_parts
-from awnet_timm.zoo.budget import fit_epochs
+from awnet_timm.zoo.budget import fit_epochs, next_epoch_seconds
 from awnet_timm.zoo.pack import PACK_MANIFEST
 from awnet_timm.zoo.plan import PLAN_DIR
 from awnet_timm.zoo.runner import MANIFEST_VERSION, merge_chunks, shaped, stage_config, summary_table
@@ -186,6 +186,17 @@ def test_fit_epochs_matches_counting():
         while count < cap and setup + (count + 1) * epoch <= seconds:
             count += 1
         assert fit_epochs(seconds, epoch, setup, cap) == count
+
+
+def test_next_epoch_is_given_the_slowest_recent_epoch_but_not_one_paused_for_an_hour():
+    def given(*seconds):
+        return next_epoch_seconds([{'epoch_seconds': t} for t in seconds], fallback=99.)
+    assert given() == 99.  # nothing measured yet: the probe's figure
+    assert given(500, 140, 150, 145) == 150  # the last three; the slowest of them
+    assert given(140, 290, 150) == 290  # a busy epoch (about 2x) counts: the limit must hold on a loaded machine
+    assert given(140, 140, 3927) == 140  # an epoch stopped (kill -STOP) for an hour says nothing of the next
+    assert given(140, 400, 420) == 420  # a machine that stays busy moves the median: every slow epoch counts
+    assert given(140, 3927) == 3927  # two epochs have no outlier to tell: the slow one counts
 
 
 def test_merge_chunks_equals_one_evaluation():

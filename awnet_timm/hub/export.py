@@ -29,7 +29,7 @@ from timm.models import save_for_hf
 from ..models.awnet import HUB_ORG, registered_variant
 from ..training import TrainConfig, create_model_with_weights, load_run_config
 from ..training.arat import deploy_adv_bn
-from ..training.checkpoint import CheckpointError, nonfinite_tensors
+from ..training.checkpoint import CheckpointError, nonfinite_tensors, read_log
 from ..utils import sha256_file, usual_mode
 from .card import TASKS, CardInfo, architecture_of, check_eval_record, load_eval_record, model_card, zoo_row
 from .errors import HubReleaseError, check_repo_id
@@ -101,23 +101,6 @@ def _label_names(cfg: TrainConfig, model) -> Optional[list]:
         names = sorted(e.name for e in os.scandir(folder) if e.is_dir())  # ImageFolder's class order
         return names if len(names) == model.num_classes else None
     return None
-
-
-def _log_records(run_dir: str) -> List[Dict[str, Any]]:
-    """The run's log.jsonl records (dicts; unreadable lines skipped), none without a log."""
-    path = os.path.join(run_dir, 'log.jsonl')
-    if not os.path.isfile(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 def _val_images(records: List[Dict[str, Any]], epoch: Optional[int]) -> Optional[int]:
@@ -269,7 +252,7 @@ def export_checkpoint(
         with open(os.path.join(tmp, 'config.json')) as f:
             hf_config = json.load(f)
         registered = _registered_cfg(f'{architecture}.{tag}')
-        log = _log_records(run_dir)
+        log = read_log(run_dir)
         info = CardInfo(
             repo_id=repo_id, architecture=architecture, tag=tag,
             model_args={k: v for k, v in hf_config.get('model_args', {}).items() if k not in ('num_classes', 'in_chans', 'global_pool')},

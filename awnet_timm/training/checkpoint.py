@@ -26,6 +26,7 @@ from ..utils import atomic_write
 __all__ = [
     'CheckpointError', 'save_weights', 'load_weights_file', 'resolve_weights_path', 'nonfinite_tensors',
     'save_train_state', 'load_train_state', 'read_train_state_meta', 'create_model_with_weights', 'run_model_kwargs',
+    'read_log',
 ]
 
 
@@ -241,3 +242,20 @@ def load_train_state(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Dict
         opt_state.setdefault(int(idx), {})[name] = value
     optimizer = dict(state=opt_state, param_groups=meta.pop('optimizer_param_groups'))
     return model_state, optimizer, extra, meta
+
+
+def read_log(run_dir: str) -> List[Dict[str, Any]]:
+    """The run's log.jsonl records, oldest first (a line cut short by a kill is skipped); none without a log."""
+    path = os.path.join(run_dir, 'log.jsonl')
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records

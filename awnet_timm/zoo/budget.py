@@ -8,9 +8,8 @@ The probe builds the stage's model, teachers and recipe as `train()` does, runs 
 whole step: attack, teachers, student forward and backward), then times `steps` steps between device
 synchronisations, and one per-epoch evaluation batch. Achieved TFLOP/s = FLOPs per image x images/s.
 """
-import json
 import math
-import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -21,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..data import DeviceLoader, ImageTensors
 from ..training import TrainConfig, create_model_with_weights, evaluate, fixed_batch_step
+from ..training.checkpoint import read_log
 
 __all__ = ['Probe', 'probe_stage', 'fit_epochs', 'device_name', 'measured_epochs', 'next_epoch_seconds']
 
@@ -121,22 +121,18 @@ def fit_epochs(seconds: float, epoch_seconds: float, setup_seconds: float, max_e
 
 def measured_epochs(run_dir: str) -> List[Dict[str, Any]]:
     """The epoch records of a run's log.jsonl (epoch, images, epoch_seconds, holdout accuracies), oldest first."""
-    path = os.path.join(run_dir, 'log.jsonl')
-    if not os.path.isfile(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            if isinstance(record, dict) and isinstance(record.get('epoch_seconds'), (int, float)):
-                records.append(record)
-    return records
+    return [r for r in read_log(run_dir) if isinstance(r.get('epoch_seconds'), (int, float))]
+
+
+OUTLIER = 3.0  # an epoch this many times the median of the recent ones was paused or disturbed once: not a forecast
 
 
 def next_epoch_seconds(records: Sequence[Dict[str, Any]], fallback: float) -> float:
-    """The time the next epoch is given: the slowest of the last three measured (a busy machine's slow epochs count)."""
+    """The time the next epoch is given: the slowest of the last three measured (a busy machine's slow epochs count),
+    leaving out one over OUTLIER x their median (an epoch whose process was stopped for an hour says nothing of the
+    next one; a machine that stays busy slows two of three, which moves the median)."""
     recent = [r['epoch_seconds'] for r in records[-3:]]
-    return max(recent) if recent else fallback
+    if not recent:
+        return fallback
+    typical = statistics.median(recent)
+    return max(t for t in recent if t <= OUTLIER * typical)
