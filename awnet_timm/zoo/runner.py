@@ -14,7 +14,7 @@ Training stages:
   it). Its best checkpoint, chosen on a holdout of the training images, is what later stages use;
 - time: the slice's time left before the evaluation/export reserve is split among the training stages still to run
   by their shares (in a campaign, among those whose dependencies have finished); an epoch's time is the slowest of the
-  stage's last three measured epochs (the throughput probe only before it has any), and a running stage gets the rest
+  stage's last three measured epochs but one over 3x their median (the throughput probe only before it has any), and a running stage gets the rest
   of its time as the trainer's `max_minutes`, which stops it by the epochs it measures as it runs;
 - stages of one `epochs_group` (students compared with each other) share one planned total and train in lock-step,
   one epoch per trainer call, the members that are behind first: a round starts only when all of it fits, so the
