@@ -18,49 +18,18 @@ cd "$(dirname "$0")/.."
 ZOO=${1:?usage: release_cpu_campaign.sh ZOO_DIR [teachers|students|all] [--no-commit]}
 WHAT=${2:-all}
 COMMIT=1; [ "${3:-}" = "--no-commit" ] && COMMIT=0
-PYTHON=${PYTHON:-.venv/bin/python}
-DATA_DIR=${DATA_DIR:-../shared/data/cifar10}
 N_TEACHER=${N_TEACHER:-500}
 N_STUDENT=${N_STUDENT:-500}
-AWNET=("$PYTHON" -m awnet_timm.cli)
 EVAL_DIR=$ZOO/release-eval
 mkdir -p "$EVAL_DIR"
-released=()
-
-release_of() {  # the name.tag the plan releases a stage as: release_of STAGE -> "NAME TAG"
-    "$PYTHON" -c "from awnet_timm.zoo import load_plan; r = load_plan('cifar10-cpu').stage('$1').release; print(*r.split('.', 1))"
-}
-
-manifest() {  # a field of the zoo manifest: manifest STAGE KEY
-    "$PYTHON" -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['stages'].get(sys.argv[2], {}).get(sys.argv[3], ''))" \
-        "$ZOO/manifest.json" "$1" "$2"
-}
-
-release_teacher() {  # STAGE
-    local stage=$1 name tag status run out
-    read -r name tag <<< "$(release_of "$stage")"
-    status=$(manifest "$stage" status)
-    if [ "$status" != "done" ]; then echo "$stage: status '$status', not released (it trains to its planned total first)"; return; fi
-    run=$ZOO/$(manifest "$stage" run_dir)
-    out=hub/releases/$name.$tag
-    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --overwrite
-    "${AWNET[@]}" eval --model "$name" --checkpoint "$out/model.safetensors" --data-dir "$DATA_DIR" --n "$N_TEACHER" \
-        --attacks fgsm pgd_sat cw_inf --device cpu --no-progress --out "$EVAL_DIR/$name.$tag.json"
-    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --eval "$EVAL_DIR/$name.$tag.json" --overwrite
-    provenance "$stage" "$out/README.md"
-    released+=("$out")
-}
-
-provenance() {  # STAGE CARD: append how the campaign trained the stage (`awnet zoo report --provenance`, as the zoo's cards)
-    "${AWNET[@]}" zoo report "$ZOO" --provenance "$1" > "$2.provenance"
-    cat "$2" "$2.provenance" > "$2.tmp" && mv "$2.tmp" "$2" && rm "$2.provenance"  # the card is whole or as it was
-}
+# shellcheck source=scripts/release_lib.sh
+source scripts/release_lib.sh
 
 evaluate_student() {  # STAGE: export, then the release evaluation of the exported file
     local stage=$1 name tag run out
     read -r name tag <<< "$(release_of "$stage")"
-    if [ -z "$(manifest "$stage" run_dir)" ]; then echo "$stage: not trained yet, not released"; return; fi
-    run=$ZOO/$(manifest "$stage" run_dir)
+    if [ -z "$(field "$stage" run_dir)" ]; then echo "$stage: not trained yet, not released"; return; fi
+    run=$ZOO/$(field "$stage" run_dir)
     out=hub/releases/$name.$tag
     "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --overwrite
     "${AWNET[@]}" eval --model "$name" --checkpoint "$out/model.safetensors" --data-dir "$DATA_DIR" --n "$N_STUDENT" \
@@ -73,7 +42,7 @@ release_student() {  # STAGE OTHER: export with the record, the other student's 
     read -r oname otag <<< "$(release_of "$other")"
     [ -f "$EVAL_DIR/$name.$tag.json" ] || return 0
     [ -f "$EVAL_DIR/$oname.$otag.json" ] && compare=(--compare "$other ($oname.$otag), same teachers, seed and epochs=$EVAL_DIR/$oname.$otag.json")
-    run=$ZOO/$(manifest "$stage" run_dir)
+    run=$ZOO/$(field "$stage" run_dir)
     out=hub/releases/$name.$tag
     "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --eval "$EVAL_DIR/$name.$tag.json" --overwrite "${compare[@]}"
     provenance "$stage" "$out/README.md"
@@ -90,8 +59,4 @@ if [ "$WHAT" = students ] || [ "$WHAT" = all ]; then
     release_student student_awnet_r18_025 student_cifar_resnet18_025
     release_student student_cifar_resnet18_025 student_awnet_r18_025
 fi
-[ ${#released[@]} -eq 0 ] && { echo "nothing to release"; exit 0; }
-echo "exported: ${released[*]}"
-if [ $COMMIT = 1 ]; then
-    "$PYTHON" scripts/release_weights.py commit "${released[@]}"
-fi
+commit_released

@@ -2,7 +2,7 @@
 # Release a GPU window's zoo (plan cifar10, brought back by `awnet zoo unpack`) into hub/releases/, finishing on this
 # machine's CPU what the window left, then the weights through one commit (scripts/release_weights.py).
 #
-#   bash scripts/release_gpu_zoo.sh ZOO_DIR [--no-commit]
+#   bash scripts/release_gpu_zoo.sh ZOO_DIR [teachers|students|all] [--no-commit]
 #
 # Each stage goes out under the name.tag its plan gives it (`release` in awnet_timm/zoo/plans/cifar10.json).
 # Students: the zoo's own fp16 export (releases/<name.tag>: weights, card, and the window's evaluation record with
@@ -15,31 +15,16 @@
 # Environment: PYTHON (default .venv/bin/python), DATA_DIR (default ../shared/data/cifar10), N_STUDENT, N_TEACHER.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ZOO=${1:?usage: release_gpu_zoo.sh ZOO_DIR [--no-commit]}
-COMMIT=1; [ "${2:-}" = "--no-commit" ] && COMMIT=0
-PYTHON=${PYTHON:-.venv/bin/python}
-DATA_DIR=${DATA_DIR:-../shared/data/cifar10}
+ZOO=${1:?usage: release_gpu_zoo.sh ZOO_DIR [teachers|students|all] [--no-commit]}
+WHAT=${2:-all}
+COMMIT=1; [ "${3:-}" = "--no-commit" ] && COMMIT=0
 N_STUDENT=${N_STUDENT:-1000}
 N_TEACHER=${N_TEACHER:-500}
-AWNET=("$PYTHON" -m awnet_timm.cli)
-released=()
-
-field() {  # a field of the zoo manifest: field STAGE KEY ('' when absent); field plan_name
-    "$PYTHON" -c "import json,sys; m=json.load(open(sys.argv[1])); print(m[sys.argv[2]] if len(sys.argv) == 3 else m['stages'].get(sys.argv[2], {}).get(sys.argv[3], ''))" \
-        "$ZOO/manifest.json" "$@"
-}
-PLAN=$(field plan_name)
-
-release_of() {  # the name.tag the plan releases a stage as: release_of STAGE -> "NAME TAG"
-    "$PYTHON" -c "from awnet_timm.zoo import load_plan; r = load_plan('$PLAN').stage('$1').release; print(*r.split('.', 1))"
-}
-
-append() {  # CARD FILE...: append to the card, whole or not at all
-    cat "$@" > "$1.tmp" && mv "$1.tmp" "$1"
-}
+# shellcheck source=scripts/release_lib.sh
+source scripts/release_lib.sh
 
 release_student() {  # STAGE
-    local stage=$1 name tag src out
+    local stage=$1 name tag src out common
     read -r name tag <<< "$(release_of "$stage")"
     src=$ZOO/releases/$name.$tag
     if [ ! -f "$src/model.safetensors" ]; then echo "$stage: no export in $src, not released"; return; fi
@@ -52,32 +37,16 @@ release_student() {  # STAGE
     { printf '\n## Measured after the window, on CPU\n\n'
       printf 'The same file, evaluated by `awnet eval` on this repository'"'"'s CPU (`scripts/release_gpu_zoo.sh`); records `awnet_eval_test-jpeg.json` and `awnet_eval_test-exact-%s.json` in this folder.\n\n' "$N_STUDENT"
       cat "$out/awnet_eval_test-jpeg.md"; echo; cat "$out/awnet_eval_test-exact-$N_STUDENT.md"; } > "$out/README.md.more"
-    append "$out/README.md" "$out/README.md.more" && rm "$out/README.md.more"
+    append_to_card "$out/README.md" "$out/README.md.more"
     released+=("$out")
 }
 
-release_teacher() {  # STAGE
-    local stage=$1 name tag run out
-    read -r name tag <<< "$(release_of "$stage")"
-    if [ ! -f "$ZOO/$(field "$stage" run_dir)/best.safetensors" ]; then echo "$stage: no weights in the zoo, not released"; return; fi
-    run=$ZOO/$(field "$stage" run_dir)
-    out=hub/releases/$name.$tag
-    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --overwrite
-    "${AWNET[@]}" eval --model "$name" --checkpoint "$out/model.safetensors" --data-dir "$DATA_DIR" --n "$N_TEACHER" \
-        --attacks fgsm pgd_sat cw_inf --device cpu --no-progress --out "$ZOO/release-eval/$name.$tag.json"
-    "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --eval "$ZOO/release-eval/$name.$tag.json" --overwrite
-    "${AWNET[@]}" zoo report "$ZOO" --provenance "$stage" > "$out/README.md.more"
-    append "$out/README.md" "$out/README.md.more" && rm "$out/README.md.more"
-    released+=("$out")
-}
-
-mkdir -p "$ZOO/release-eval"
-release_student student_awnet_r18
-release_student student_cifar_resnet18
-release_teacher teacher_clean
-release_teacher teacher_robust
-[ ${#released[@]} -eq 0 ] && { echo "nothing to release"; exit 0; }
-echo "exported: ${released[*]}"
-if [ $COMMIT = 1 ]; then
-    "$PYTHON" scripts/release_weights.py commit "${released[@]}"
+if [ "$WHAT" = students ] || [ "$WHAT" = all ]; then
+    release_student student_awnet_r18
+    release_student student_cifar_resnet18
 fi
+if [ "$WHAT" = teachers ] || [ "$WHAT" = all ]; then
+    release_teacher teacher_clean
+    release_teacher teacher_robust
+fi
+commit_released
