@@ -707,3 +707,40 @@ def test_the_cpu_plan_names_its_releases_by_their_registered_tags():
         assert timm.models.get_pretrained_cfg(release) is not None, release
         model, _ = release.split('.')
         assert model.endswith('_025') and model.startswith(plan.stage(name).config['model'])
+
+
+def test_a_campaign_saved_through_git_continues_in_a_fresh_clone(digits, request, tmp_path, monkeypatch, capsys):
+    """Issue 17 item 3 on a machine handed back fresh: `scripts/campaign_state.py save` at the end of a session and
+    `restore` in a new clone at another path bring the folder back, and the next slice continues it exactly (the
+    run configs' paths are the clone's), recording the restore in the manifest and the report."""
+    from awnet_timm.zoo import runner
+    from test_campaign_state import ZOO, git, make_repo, state_script
+    room = {'epochs': 1}
+    monkeypatch.setattr(runner._Member, 'call_seconds', property(lambda m: 0. if m.done < room['epochs'] else 1e9))
+    repo = make_repo(tmp_path / 'repo')
+    plan = _write_plan(tmp_path, _campaign_plan())
+    args = ['zoo', 'run', '--plan', plan, '--device', 'cpu', '--no-progress', '--resume', '--budget-minutes', '20'
+            ] + _data_args(request, digits) + ['--out']
+    assert main(args + [str(repo / ZOO)]) == 0
+    done = state_script(repo, 'save')
+    assert done.returncode == 0, done.stderr
+    held = git(repo, 'rev-parse', 'HEAD~1')
+    clone = tmp_path / 'machine2' / 'repo'
+    git(tmp_path, 'clone', '-q', str(repo), str(clone))
+    done = state_script(clone, 'restore')
+    assert done.returncode == 0, done.stderr
+    zoo = str(clone / ZOO)
+    room['epochs'] = 2
+    capsys.readouterr()
+    assert main(args + [zoo]) == 0
+    m = _manifest(zoo)
+    assert [s.get('restored') for s in m['slices']] == [None, held] and m['restored'][0]['commit'] == held
+    for name in STUDENTS:
+        run_dir = os.path.join(zoo, m['stages'][name]['run_dir'])
+        assert m['stages'][name]['epochs_done'] == 2 and [r['epoch'] for r in _log_epochs(run_dir)] == [1, 2]
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            config = f.read()
+        assert zoo in config and str(repo) + os.sep not in config  # the clone's own paths
+    assert main(['zoo', 'report', zoo, '--plot', str(tmp_path / 'c.png')]) == 0
+    report = capsys.readouterr().out
+    assert '(restored)' in report and f'commit {held[:12]}' in report

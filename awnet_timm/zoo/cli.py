@@ -88,6 +88,9 @@ def report_command(args) -> int:
     if m.get('warm_start'):
         starts = ', '.join(f"{n}: {r['start']}" for n, r in m['warm_start']['stages'].items())
         print(f"\nwarm start from {m['warm_start']['from']} at {m['warm_start']['at']}: {starts}")
+    for r in m.get('restored') or []:
+        print(f"restored on a fresh machine at {r['at']} from the state saved at {r.get('saved')} (commit {r['commit'][:12]}, "
+              f"scripts/campaign_state.py)")
     plot = args.plot or os.path.join(args.dir, 'curves.png')
     plot_curves(curves, m, plot, args.stages or None)
     print(f'\nplot: {plot}')

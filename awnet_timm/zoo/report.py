@@ -47,7 +47,7 @@ def slice_table(manifest: Dict[str, Any]) -> str:
     lines = ['| slice | started | budget (min) | wall (min) | CPU (min) | stage | precision | epochs | images/s | '
              'holdout clean / PGD-10 (last epoch) |', '|---:|---|---:|---:|---:|---|---|---|---:|---|']
     for k, sl in enumerate(manifest.get('slices', []), 1):
-        head = (f"| {k} | {sl.get('started', '')} | {sl.get('budget_minutes', 0):g} | "
+        head = (f"| {k} | {sl.get('started', '')}{' (restored)' if sl.get('restored') else ''} | {sl.get('budget_minutes', 0):g} | "
                 f"{(sl.get('wall_seconds') or 0) / 60:.0f} | {sl.get('cpu_minutes') or 0:.0f} |")
         trained = {n: e for n, e in (sl.get('stages') or {}).items() if e.get('epochs_trained')}
         if not trained:

@@ -289,6 +289,10 @@ class _Run:
         self._carry(old, redone)
         if old.get('warm_start'):
             self.manifest['warm_start'] = old['warm_start']
+        if old.get('restored'):  # scripts/campaign_state.py brought the folder back on a fresh machine
+            self.manifest['restored'] = old['restored']
+            if old['restored'][-1]['at'] >= ((slices or [{}])[-1].get('finished') or ''):
+                self.slice['restored'] = old['restored'][-1]['commit']
         if warm_start is not None:
             if old:
                 _say(f"--warm-start unused: {self.out} holds the campaign, which continues from its own checkpoints")

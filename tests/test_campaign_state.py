@@ -1,0 +1,145 @@
+""" scripts/campaign_state.py: a campaign folder through one commit, back in a fresh clone at another path """
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts')
+ENV = dict(os.environ, GIT_AUTHOR_NAME='t', GIT_AUTHOR_EMAIL='t@t.invalid', GIT_COMMITTER_NAME='t',
+           GIT_COMMITTER_EMAIL='t@t.invalid')
+ZOO = os.path.join('output', 'campaign', 'zoo')
+
+
+def git(repo, *args):
+    return subprocess.run(['git', '-c', 'commit.gpgsign=false', *args], cwd=repo, env=ENV, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def state_script(repo, *args, cwd=None):
+    return subprocess.run([sys.executable, str(repo / 'scripts' / 'campaign_state.py'), *args], cwd=cwd or repo,
+                          env=ENV, capture_output=True, text=True)
+
+
+def make_repo(root):
+    """A git repository with the scripts and the project's ignore rules (the campaign lives under output/)."""
+    (root / 'scripts').mkdir(parents=True)
+    for name in ('campaign_state.py', 'release_weights.py'):
+        shutil.copy(os.path.join(SCRIPTS, name), root / 'scripts')
+    (root / '.gitignore').write_text('/output/\n*.safetensors\n')
+    git(root, 'init', '-q', '-b', 'main')
+    git(root, 'add', '.')
+    git(root, 'commit', '-q', '-m', 'start')
+    return root
+
+
+@pytest.fixture
+def campaign(tmp_path):
+    """(repo, {path: bytes}): a finished slice's folder whose files name the repository's absolute path."""
+    repo = make_repo(tmp_path / 'repo')
+    zoo = repo / ZOO
+    run = zoo / 'runs' / 'student'
+    run.mkdir(parents=True)
+    (zoo / 'data').mkdir()
+    (zoo / 'data' / 'cifar10-train.npz').write_bytes(os.urandom(100))  # decoded data: not saved
+    manifest = {'plan_name': 'cifar10-cpu', 'decoded_data_dir': str(zoo / 'data'),
+                'slices': [{'started': '2026-12-05T22:27:00Z', 'finished': '2026-12-06T00:30:00Z'}],
+                'stages': {'student': {'kind': 'train', 'epochs_done': 13, 'max_epochs': 16, 'run_dir': 'runs/student'}}}
+    (zoo / 'manifest.json').write_text(json.dumps(manifest, indent=2))
+    (run / 'config.json').write_text(json.dumps({'teacher_nat': str(zoo / 'runs' / 'teacher' / 'w.safetensors'),
+                                                 'data_dir': str(zoo / 'data'), 'epochs': 16}))
+    (run / 'log.jsonl').write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    tensors = {'w': torch.randn(5, 3), 'step': torch.arange(4)}
+    save_file(tensors, str(run / 'last.state.safetensors'),
+              metadata={'awnet_train_state': json.dumps({'epoch': 2, 'out': str(run)})})
+    save_file(tensors, str(run / 'best.safetensors'))
+    files = {str(p.relative_to(repo)): p.read_bytes() for p in zoo.rglob('*') if p.is_file() and 'data' not in p.parts}
+    return repo, files
+
+
+def test_the_folder_passes_through_one_commit_and_comes_back_in_a_clone_elsewhere(campaign, tmp_path):
+    repo, files = campaign
+    done = state_script(repo, 'save', 'campaign/zoo', cwd=repo / 'output')  # a relative folder from anywhere in the repo
+    assert done.returncode == 0, done.stderr
+    held = git(repo, 'rev-parse', 'HEAD~1')
+    saved = git(repo, 'ls-tree', '-r', '--name-only', held).split()
+    assert sorted(f for f in saved if f.startswith('output/')) == sorted(files)  # everything but the decoded data
+    assert not [f for f in git(repo, 'ls-tree', '-r', '--name-only', 'HEAD').split() if f.startswith('output/')]
+    assert not git(repo, 'status', '--porcelain') and (repo / ZOO / 'manifest.json').exists()  # the folder stays here
+    for path in files:  # no machine path in the history
+        assert str(repo).encode() not in subprocess.run(['git', 'show', f'{held}:{path}'], cwd=repo,
+                                                        capture_output=True, check=True).stdout, path
+    listing = (repo / 'scripts' / 'campaign_state.md').read_text()
+    assert f'- commit: `{held}`' in listing and '- epochs: `student 13/16`' in listing and '- slices: `1`' in listing
+
+    clone = tmp_path / 'elsewhere' / 'clone'  # a fresh machine: a clone, at another path
+    subprocess.run(['git', 'clone', '-q', str(repo), str(clone)], check=True, env=ENV)
+    assert not (clone / 'output').exists()
+    done = state_script(clone, 'restore')
+    assert done.returncode == 0 and 'restored (sha256 checked)' in done.stdout, done.stderr
+    for path, data in files.items():
+        if path.endswith('.safetensors'):  # the same tensors; a header that named the path is written anew
+            assert all(torch.equal(load_file(str(clone / path))[k], load_file(str(repo / path))[k]) for k in ('w', 'step'))
+        if not path.endswith(('manifest.json', 'last.state.safetensors')):
+            assert (clone / path).read_bytes() == data.replace(str(repo).encode(), str(clone).encode()), path
+    state = clone / ZOO / 'runs' / 'student' / 'last.state.safetensors'
+    from safetensors import safe_open
+    with safe_open(str(state), 'pt') as f:
+        assert json.loads(f.metadata()['awnet_train_state']) == {'epoch': 2, 'out': str(state.parent)}
+    manifest = json.loads((clone / ZOO / 'manifest.json').read_text())
+    assert manifest['decoded_data_dir'] == str(clone / ZOO / 'data') and manifest['restored'][0]['commit'] == held
+    assert not (clone / ZOO / 'data').exists() and not git(clone, 'status', '--porcelain')
+
+    done = state_script(clone, 'restore')  # the folder is there now: kept as it is
+    assert done.returncode == 0 and 'kept, nothing restored' in done.stdout
+    assert len(json.loads((clone / ZOO / 'manifest.json').read_text())['restored']) == 1
+
+
+def test_a_second_save_replaces_the_listing(campaign):
+    repo, _ = campaign
+    assert state_script(repo, 'save').returncode == 0
+    first = git(repo, 'rev-parse', 'HEAD~1')
+    (repo / ZOO / 'runs' / 'student' / 'log.jsonl').write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n')
+    assert state_script(repo, 'save').returncode == 0
+    listing = (repo / 'scripts' / 'campaign_state.md').read_text()
+    assert first not in listing and f"- commit: `{git(repo, 'rev-parse', 'HEAD~1')}`" in listing
+    data = (repo / ZOO / 'runs' / 'student' / 'log.jsonl').read_bytes()
+    assert f"| `{ZOO}/runs/student/log.jsonl` | {len(data):,} | `{hashlib.sha256(data).hexdigest()}` |" in listing
+
+
+def test_refusals_say_what_was_expected(campaign, tmp_path):
+    repo, _ = campaign
+    done = state_script(repo, 'restore')
+    assert done.returncode == 2 and 'lists no saved campaign state' in done.stderr
+    done = state_script(repo, 'save', 'scripts')
+    assert done.returncode == 2 and 'holds no manifest.json' in done.stderr
+    done = state_script(repo, 'save', str(tmp_path))
+    assert done.returncode == 2 and 'outside the repository' in done.stderr
+    manifest = json.loads((repo / ZOO / 'manifest.json').read_text())
+    manifest['slices'].append({'started': '2026-12-06T01:00:00Z'})  # a slice still running, or killed
+    (repo / ZOO / 'manifest.json').write_text(json.dumps(manifest))
+    done = state_script(repo, 'save')
+    assert done.returncode == 2 and 'has not finished' in done.stderr and not git(repo, 'status', '--porcelain')
+    (repo / 'notes.txt').write_text('x')
+    git(repo, 'add', 'notes.txt')
+    done = state_script(repo, 'save', '--unfinished')
+    assert done.returncode == 2 and 'staged changes' in done.stderr
+    git(repo, 'commit', '-q', '-m', 'notes')
+    assert state_script(repo, 'save', '--unfinished').returncode == 0
+    shutil.rmtree(repo / ZOO)
+    listing = repo / 'scripts' / 'campaign_state.md'
+    text = listing.read_text()
+    sha = hashlib.sha256((repo / 'notes.txt').read_bytes()).hexdigest()  # not the saved log's
+    log = next(line for line in text.splitlines() if 'log.jsonl' in line)
+    listing.write_text(text.replace(log, log[:log.index('`', log.index('|', 3) + 4)] + f'`{sha}` |'))
+    done = state_script(repo, 'restore')
+    assert done.returncode == 2 and 'does not have the listed sha256' in done.stderr
+    assert not (repo / ZOO / 'manifest.json').exists()  # written last: a half-restored folder is restored again
+    listing.write_text(text.replace('- folder: `output/campaign/zoo`', '- folder: `x`'))
+    done = state_script(repo, 'restore')
+    assert done.returncode == 2 and "holds the state of 'x'" in done.stderr
