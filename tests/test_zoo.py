@@ -449,6 +449,7 @@ def test_bad_plans_are_refused_in_one_line_when_they_load(tmp_path, capsys):
         (dict(good, stages=good['stages'][:4] + [dict(evaluate, batch_size=0)]), 'batch_size must be >= 1'),
         (dict(good, stages=good['stages'][:4] + [dict(evaluate, router_steps=0)]), 'router_steps must be >= 1'),
         (dict(good, stages=good['stages'][:4] + [dict(evaluate, clean_n=0)]), 'clean_n must be >= 1'),
+        (dict(good, stages=good['stages'][:4] + [dict(evaluate, min_holdout_pgd=30)]), r'min_holdout_pgd is a holdout accuracy in \[0, 1\]'),
         (dict(good, stages=[dict(good['stages'][0], share='0.1')]), "share must be a number, got '0.1'"),
         (dict(good, train=[]), 'train must be an object'),
         (dict(good, stages=good['stages'][:1] + [dict(good['stages'][1], after='teacher_clean')]), 'after must be a list of names'),
@@ -712,16 +713,26 @@ def test_the_cpu_plan_names_its_releases_by_their_registered_tags():
 def test_a_campaign_saved_through_git_continues_in_a_fresh_clone(digits, request, tmp_path, monkeypatch, capsys):
     """Issue 17 item 3 on a machine handed back fresh: `scripts/campaign_state.py save` at the end of a session and
     `restore` in a new clone at another path bring the folder back, and the next slice continues it exactly (the
-    run configs' paths are the clone's), recording the restore in the manifest and the report."""
+    run configs' paths are the clone's), recording the restore in the manifest and the report. The evaluation waits
+    for the students' holdout to reach `min_holdout_pgd` (here first out of reach: the teacher alone is evaluated),
+    and a change of that threshold between slices redoes nothing."""
     from awnet_timm.zoo import runner
     from test_campaign_state import ZOO, git, make_repo, state_script
     room = {'epochs': 1}
     monkeypatch.setattr(runner._Member, 'call_seconds', property(lambda m: 0. if m.done < room['epochs'] else 1e9))
     repo = make_repo(tmp_path / 'repo')
-    plan = _write_plan(tmp_path, _campaign_plan())
+    spec = _campaign_plan()
+    evaluate = next(s for s in spec['stages'] if s['kind'] == 'evaluate')
+    evaluate['min_holdout_pgd'] = 1.0
+    plan = _write_plan(tmp_path, spec)
     args = ['zoo', 'run', '--plan', plan, '--device', 'cpu', '--no-progress', '--resume', '--budget-minutes', '20'
             ] + _data_args(request, digits) + ['--out']
     assert main(args + [str(repo / ZOO)]) == 0
+    first = _manifest(str(repo / ZOO))['stages']['evaluate']
+    assert set(first['results']) == {'teacher_clean'} and set(first['waiting']) == set(STUDENTS), first
+    assert 'not yet evaluated' in first['reason'] and 'min_holdout_pgd 100%' in first['reason']
+    evaluate['min_holdout_pgd'] = 0.0
+    _write_plan(tmp_path, spec)
     done = state_script(repo, 'save')
     assert done.returncode == 0, done.stderr
     held = git(repo, 'rev-parse', 'HEAD~1')
@@ -735,6 +746,8 @@ def test_a_campaign_saved_through_git_continues_in_a_fresh_clone(digits, request
     assert main(args + [zoo]) == 0
     m = _manifest(zoo)
     assert [s.get('restored') for s in m['slices']] == [None, held] and m['restored'][0]['commit'] == held
+    assert set(m['stages']['evaluate']['results']) == {'teacher_clean', *STUDENTS} and not m['slices'][1]['redone']
+    assert m['slices'][1]['evaluated'] == list(STUDENTS)  # the teacher's evaluation of slice 1 stands
     for name in STUDENTS:
         run_dir = os.path.join(zoo, m['stages'][name]['run_dir'])
         assert m['stages'][name]['epochs_done'] == 2 and [r['epoch'] for r in _log_epochs(run_dir)] == [1, 2]

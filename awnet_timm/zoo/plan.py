@@ -15,7 +15,9 @@ A plan (shipped ones live in `plans/`; any path to a .json works too) holds:
     a holdout of the training images (`val_split` 'holdout', the default); a plan that selects on a split the
     evaluation reports on is refused;
   - `evaluate`: `students` (evaluated with `attacks` on the first images of the exact test set, in chunks,
-    N between `n_min` and `n_target`) and `teachers` (clean accuracy, and PGD-20 for adversarial recipes);
+    N between `n_min` and `n_target`) and `teachers` (clean accuracy, and PGD-20 for adversarial recipes); in a
+    campaign, `min_holdout_pgd` holds a student's evaluation (and its time) back until its best holdout PGD accuracy
+    reaches it;
   - `export`: `students` written as Hub folders of `dtype`, their cards carrying the run's provenance.
 A stage runs once every stage in its `after` list (and every '@stage' teacher) has finished. A stage marked
 `optional` runs only when asked for (`awnet zoo run --include NAME`); left out, it is dropped from the plan and
@@ -82,6 +84,7 @@ class EvaluateStage(Stage):
     router_steps: int = 50
     batch_size: int = 250
     dtype: str = 'fp16'
+    min_holdout_pgd: float = 0.0  # a campaign evaluates a student once its best holdout PGD accuracy reaches this
 
 
 @dataclass
@@ -209,6 +212,8 @@ def _check_evaluate(plan: Plan, s: EvaluateStage, at: str):
         raise ZooError(f'{at}: clean_n must be >= 1 (or null: every image of the split), got {s.clean_n}')
     if s.n_min > s.n_target:
         raise ZooError(f'{at}: need n_min <= n_target, got {s.n_min} and {s.n_target}')
+    if not 0. <= s.min_holdout_pgd <= 1.:
+        raise ZooError(f'{at}: min_holdout_pgd is a holdout accuracy in [0, 1], got {s.min_holdout_pgd}')
     known = set(GROUPS) | {n for g in GROUPS.values() for n in g}
     unknown = [a for a in s.attacks if a not in known]
     if unknown or not s.attacks:

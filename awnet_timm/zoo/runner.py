@@ -163,7 +163,8 @@ def summary_table(manifest: Dict[str, Any]) -> str:
             result = (f"holdout clean {100 * b['val_clean_acc']:.1f}%, PGD {100 * b['val_pgd_acc']:.1f}% (epoch {b['epoch']})"
                       + (f"; {result}" if result else ''))
         elif s.get('kind') == 'evaluate' and s.get('results'):
-            result = '; '.join(_result_text(k, v) for k, v in s['results'].items() if 'clean_acc' in v)
+            result = '; '.join([_result_text(k, v) for k, v in s['results'].items() if 'clean_acc' in v] +
+                               [f'{k}: waiting ({w})' for k, w in (s.get('waiting') or {}).items()])
         elif s.get('kind') == 'export' and s.get('folders'):
             result = ', '.join(os.path.basename(f) for f in s['folders'].values())
         lines.append(f"| {name} | {s.get('status', '')} | {s.get('model', '')} | {s.get('recipe', '')} | {epochs} | "
@@ -413,7 +414,7 @@ class _Run:
         now = dataclasses.asdict(stage)
         if before is not None:
             keys = ('kind', 'config', 'max_epochs', 'lr_batch') if isinstance(stage, TrainStage) else \
-                [k for k in now if k not in ('name', 'share', 'optional')]
+                [k for k in now if k not in ('name', 'share', 'optional', 'min_holdout_pgd')]  # when, not what
             changes += [f'{k}: was {_plain(before.get(k))!r}, now {_plain(now.get(k))!r}' for k in keys
                         if _plain(before.get(k)) != _plain(now.get(k))]
         config = os.path.join(self.run_dir(stage.name), 'config.json')
@@ -522,12 +523,18 @@ class _Run:
         if not self.plan.campaign:
             return True
         done = self.record(stage.name).get('results' if isinstance(stage, EvaluateStage) else 'sources', {})
-        for name in stage.students:
+        for name in self.ready(stage):
             w = self.weights(name)
             if (w and (done.get(name) or {}).get('source_sha256') != self.sha(w)) or \
                     (not self.final(name) and not self.blocked_by(self.plan.stage(name))):
                 return True
         return False
+
+    def ready(self, stage) -> List[str]:
+        """The stage's students it takes in: in a campaign, an evaluation waits for a best holdout PGD accuracy of
+        `min_holdout_pgd` (below it no release is in sight, and the slice's time goes to training)."""
+        floor = getattr(stage, 'min_holdout_pgd', 0.) if self.plan.campaign else 0.
+        return [n for n in stage.students if not floor or (self.record(n).get('best') or {}).get('val_pgd_acc', 0.) >= floor]
 
     def reserved_after(self, i: int) -> float:
         return sum(s.share for s in self.plan.stages[i + 1:] if not isinstance(s, TrainStage) and self.has_work(s)) * self.budget
@@ -807,7 +814,8 @@ class _Run:
         entry = self.manifest['stages'][stage.name] = {'kind': 'evaluate', 'status': 'running', 'results': results,
                                                         'seconds': prev.get('seconds', 0.)}
         cache, deferred, evaluated = {}, [], []
-        names = [n for n in stage.teachers + stage.students if self.weights(n)]
+        waiting = [n for n in stage.students if n not in self.ready(stage) and self.weights(n)]
+        names = [n for n in stage.teachers + tuple(self.ready(stage)) if self.weights(n)]
         pending = [n for n in names if (results.get(n) or {}).get('source_sha256') != self.sha(self.weights(n))
                    or not results[n].get('complete')]
         for k, name in enumerate(pending):
@@ -832,10 +840,16 @@ class _Run:
                      seconds=prev.get('seconds', 0.) + time.time() - t)
         if deferred:
             entry['reason'] = f"no time left for {', '.join(deferred)}: a later slice evaluates them"
-        elif not results:
+        elif not results and not waiting:
             entry['reason'] = 'no student or teacher has weights yet'
-        elif not pending:
+        elif not pending and not waiting:
             entry['reason'] = 'no weights changed since the last evaluation'
+        if waiting:
+            best = {n: (self.record(n).get('best') or {}).get('val_pgd_acc') or 0. for n in waiting}
+            entry['waiting'] = {n: f'best holdout PGD {100 * b:.1f}% < min_holdout_pgd {100 * stage.min_holdout_pgd:g}%'
+                                for n, b in best.items()}
+            entry['reason'] = '; '.join(filter(None, [entry.get('reason'), 'not yet evaluated (the time goes to training): ' +
+                                                      ', '.join(f'{n} ({w})' for n, w in entry['waiting'].items())]))
         self.save()
 
     # export -----------------------------------------------------------------------------------------------------
