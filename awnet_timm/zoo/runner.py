@@ -24,6 +24,11 @@ Evaluation and export run on the models whose weights changed since they last ra
 training included, marked by their epochs; `--redo evaluate` asks for all again); in a campaign they keep their
 share only in a slice where a student has new weights or can train, and a model's evaluation that finds no time
 left waits for the next slice (a fit run evaluates at least `n_min` images of every student, even past the deadline).
+A campaign's evaluation takes in a student once its best holdout PGD accuracy reaches the stage's `min_holdout_pgd`
+(until then it holds no share for it, and records the student as waiting).
+
+A campaign folder that `scripts/campaign_state.py` saved through git and restored on a fresh machine continues
+exactly; the restore is recorded in `manifest['restored']` and in the slice that follows it.
 
 A campaign whose folder is gone starts a new one from the released weights with `--warm-start RELEASES` (recorded in
 `manifest['warm_start']`; `_Run._warm_start` has the rules); with the folder there, the option is unused.
@@ -292,7 +297,7 @@ class _Run:
             self.manifest['warm_start'] = old['warm_start']
         if old.get('restored'):  # scripts/campaign_state.py brought the folder back on a fresh machine
             self.manifest['restored'] = old['restored']
-            if old['restored'][-1]['at'] >= ((slices or [{}])[-1].get('finished') or ''):
+            if old['restored'][-1]['at'] >= ((slices or [{}])[-1].get('started') or ''):  # since the last slice
                 self.slice['restored'] = old['restored'][-1]['commit']
         if warm_start is not None:
             if old:
