@@ -79,7 +79,7 @@ def _swap(path: str, data: bytes, old: str, new: str) -> bytes:
 
 def _fields(folder: str, held: str, manifest: Dict) -> Dict[str, str]:
     stages = manifest.get('stages') or {}
-    epochs = ', '.join(f"{n} {s.get('epochs_done', 0)}/{s.get('max_epochs', '?')}" for n, s in stages.items()
+    epochs = ', '.join(f"{n} {s.get('epochs_done', 0)}/{s.get('epochs_planned', '?')}" for n, s in stages.items()
                        if isinstance(s, dict) and s.get('kind') == 'train')
     return {'folder': folder.replace(os.sep, '/'), 'commit': held, 'saved': _now(),
             'plan': str(manifest.get('plan_name')), 'slices': str(len(manifest.get('slices') or [])),

@@ -49,7 +49,7 @@ def campaign(tmp_path):
     (zoo / 'data' / 'cifar10-train.npz').write_bytes(os.urandom(100))  # decoded data: not saved
     manifest = {'plan_name': 'cifar10-cpu', 'decoded_data_dir': str(zoo / 'data'),
                 'slices': [{'started': '2026-12-05T22:27:00Z', 'finished': '2026-12-06T00:30:00Z'}],
-                'stages': {'student': {'kind': 'train', 'epochs_done': 13, 'max_epochs': 16, 'run_dir': 'runs/student'}}}
+                'stages': {'student': {'kind': 'train', 'epochs_done': 13, 'epochs_planned': 16, 'run_dir': 'runs/student'}}}
     (zoo / 'manifest.json').write_text(json.dumps(manifest, indent=2))
     (run / 'config.json').write_text(json.dumps({'teacher_nat': str(zoo / 'runs' / 'teacher' / 'w.safetensors'),
                                                  'data_dir': str(zoo / 'data'), 'epochs': 16}))
