@@ -30,7 +30,7 @@ import sys
 from typing import Dict, List, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from release_weights import ReleaseError, check_identity, git, reset_index  # noqa: E402
+from release_weights import ReleaseError, at_top_level, check_identity, git, reset_index  # noqa: E402
 
 LIST = os.path.join('scripts', 'campaign_state.md')
 DEFAULT = os.path.join('output', 'campaign', 'zoo')
@@ -208,26 +208,24 @@ def main(argv: Sequence[str] = None) -> int:
     r = sub.add_parser('restore', help='write the saved state back where the folder is missing')
     r.add_argument('folder', nargs='?', default=DEFAULT, help=f'the campaign folder (default: {DEFAULT})')
     args = p.parse_args(argv)
-    folder = os.path.abspath(args.folder)
-    try:
-        os.chdir(git('rev-parse', '--show-toplevel'))
-        folder = os.path.relpath(folder)
-        if folder.startswith('..'):
+    folder = os.path.abspath(args.folder)  # as given from here; the work runs at the top level
+
+    def work() -> None:
+        relative = os.path.relpath(folder)
+        if relative.startswith('..'):
             raise ReleaseError(f"'{args.folder}' is outside the repository: git can hold only what is inside it")
         if args.command == 'save':
-            held = save(folder, args.unfinished)
-            print(f'campaign_state: {folder} saved in {held}; taken out of the tree and listed in {LIST}')
+            held = save(relative, args.unfinished)
+            print(f'campaign_state: {relative} saved in {held}; taken out of the tree and listed in {LIST}')
         else:
-            written = restore(folder)
+            written = restore(relative)
             if written:
-                print(f'campaign_state: {len(written)} files of {folder} restored (sha256 checked); '
+                print(f'campaign_state: {len(written)} files of {relative} restored (sha256 checked); '
                       f'the next `awnet zoo run --resume` continues the saved slices')
             else:
-                print(f'campaign_state: {folder} is here already: kept, nothing restored (the campaign continues from it)')
-    except ReleaseError as e:
-        print(f'campaign_state: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+                print(f'campaign_state: {relative} is here already: kept, nothing restored '
+                      '(the campaign continues from it)')
+    return at_top_level('campaign_state', work)
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ import os
 import re
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 LIST = os.path.join('hub', 'releases', 'README.md')
 HEADER = """# Released weights
@@ -155,6 +155,17 @@ def restore(folders: Sequence[str]) -> List[str]:
     return sorted(chosen)
 
 
+def at_top_level(prog: str, work: Callable[[], None]) -> int:
+    """Run WORK from the repository's top level: exit status 0, or 2 with `PROG: error: ...` on a ReleaseError."""
+    try:
+        os.chdir(git('rev-parse', '--show-toplevel'))
+        work()
+    except ReleaseError as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     sub = p.add_subparsers(dest='command', required=True)
@@ -164,18 +175,15 @@ def main(argv: Sequence[str] = None) -> int:
     r.add_argument('folders', nargs='*', metavar='FOLDER', help='only the files under these folders (default: all)')
     args = p.parse_args(argv)
     args.folders = [os.path.abspath(f) for f in args.folders]  # as given from here; the work runs at the top level
-    try:
-        os.chdir(git('rev-parse', '--show-toplevel'))
+
+    def work() -> None:
         if args.command == 'commit':
             held = commit(args.folders)
             print(f'release_weights: weights in {held}; taken out of the tree and listed in {LIST}')
         else:
             for path in restore(args.folders):
                 print(f'release_weights: {path} restored (sha256 checked)')
-    except ReleaseError as e:
-        print(f'release_weights: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return at_top_level('release_weights', work)
 
 
 if __name__ == '__main__':
