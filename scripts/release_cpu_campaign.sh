@@ -12,6 +12,8 @@
 # attacks on the first N_STUDENT exact test images (default 500), then exported again with that record and the other
 # student's record beside it in the card (`awnet export --compare`). AutoAttack
 # makes this long on 2 cores (benchmarks/bench_autoattack.py; the README's Speed section): pause the campaign for it.
+# The evaluations run with `awnet eval --resume`: run the script again after an interruption (a session's end) and
+# each continues its report in $ZOO/release-eval from the last finished attack (same exported file, images, seed).
 # Environment: PYTHON (default .venv/bin/python), DATA_DIR (default ../shared/data/cifar10), N_TEACHER, N_STUDENT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +35,7 @@ evaluate_student() {  # STAGE: export, then the release evaluation of the export
     out=hub/releases/$name.$tag
     "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --overwrite
     "${AWNET[@]}" eval --model "$name" --checkpoint "$out/model.safetensors" --data-dir "$DATA_DIR" --n "$N_STUDENT" \
-        --attacks paper router --device cpu --no-progress --out "$EVAL_DIR/$name.$tag.json"
+        --attacks paper router --device cpu --no-progress --resume --out "$EVAL_DIR/$name.$tag.json"
 }
 
 release_student() {  # STAGE OTHER: export with the record, the other student's record beside it in the card

@@ -37,7 +37,7 @@ release_teacher() {  # STAGE: export fp16, `awnet eval` of the exported file (fi
     mkdir -p "$ZOO/release-eval"
     "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --overwrite
     "${AWNET[@]}" eval --model "$name" --checkpoint "$out/model.safetensors" --data-dir "$DATA_DIR" --n "$N_TEACHER" \
-        --attacks fgsm pgd_sat cw_inf --device cpu --no-progress --out "$ZOO/release-eval/$name.$tag.json"
+        --attacks fgsm pgd_sat cw_inf --device cpu --no-progress --resume --out "$ZOO/release-eval/$name.$tag.json"
     "${AWNET[@]}" export "$run" --dtype fp16 --tag "$tag" --out "$out" --eval "$ZOO/release-eval/$name.$tag.json" --overwrite
     provenance "$stage" "$out/README.md"
     released+=("$out")

@@ -288,6 +288,56 @@ def test_the_result_is_handed_over_after_every_attack(trained_awnet, val_batch):
     assert record['complete'] is False and '**Incomplete**' in markdown_table(record)
 
 
+def test_an_interrupted_evaluation_continues_to_the_result_of_an_uninterrupted_one(trained_awnet, val_batch, monkeypatch):
+    import awnet_timm.eval.harness as harness
+    model, _ = trained_awnet
+    x, y = val_batch[0][:16], val_batch[1][:16]
+    specs = build_suite(model, ['fgsm', 'pgd_sat', 'forced_clean'], router_steps=5)
+    seen = []
+    full = evaluate_robustness(model, x, y, specs, batch_size=8, seed=1, sanity=False, progress=False, on_attack=seen.append)
+    data = {'n': 16, 'description': 'digits'}
+    saved = json.loads(json.dumps(build_record(seen[1], 'awnet_r18', 'run', data, 8 / 255, 1, 'cpu')))  # as read back
+    ran = []
+    run_attack = harness._run_attack
+    monkeypatch.setattr(harness, '_run_attack', lambda m, spec, *a: ran.append(spec.name) or run_attack(m, spec, *a))
+    resumed = evaluate_robustness(model, x, y, specs, batch_size=8, seed=1, sanity=False, progress=False, previous=saved)
+    assert ran == ['forced_clean']
+    assert resumed['per_sample'] == full['per_sample'] and resumed['worst_case'] == full['worst_case']
+    assert [a['robust_acc'] for a in resumed['attacks']] == [a['robust_acc'] for a in full['attacks']]
+    assert resumed['attacks'][:2] == saved['attacks'] and resumed['elapsed_seconds'] >= saved['elapsed_seconds']
+    # an earlier result of another evaluation is refused before any attack runs
+    ran.clear()
+    flipped = dict(saved, per_sample=dict(saved['per_sample'], clean=saved['per_sample']['clean'][::-1] + 'x'))
+    with pytest.raises(EvaluationError, match='clean predictions are not this run'):
+        evaluate_robustness(model, x, y, specs, sanity=False, progress=False, previous=flipped)
+    with pytest.raises(EvaluationError, match="has the attack 'fgsm', which this run does not ask for"):
+        evaluate_robustness(model, x, y, specs[1:], sanity=False, progress=False, previous=saved)
+    other = build_suite(model, ['fgsm', 'pgd_sat', 'forced_clean'], eps=4 / 255, router_steps=5)
+    with pytest.raises(EvaluationError, match="ran 'fgsm' with"):
+        evaluate_robustness(model, x, y, other, sanity=False, progress=False, previous=saved)
+    assert ran == []
+
+
+def test_awnet_eval_resume_continues_its_report_and_refuses_another_one(cifar10_root, tmp_path, capsys):
+    out = tmp_path / 'report.json'
+    args = ['eval', '--model', 'cifar_resnet18', '--model-kwargs', json.dumps(TINY), '--data-dir', cifar10_root, '--n', '8',
+            '--batch-size', '8', '--no-sanity', '--no-progress', '--out', str(out), '--resume']
+    assert main(args + ['--attacks', 'fgsm']) == 0  # no report yet: a new one
+    first = json.loads(out.read_text())
+    assert main(args + ['--attacks', 'fgsm', 'pgd_sat']) == 0
+    assert f'continuing {out}: fgsm finished' in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert [a['name'] for a in record['attacks']] == ['fgsm', 'pgd_sat'] and record['complete']
+    assert record['attacks'][0] == first['attacks'][0] and record['per_sample']['fgsm'] == first['per_sample']['fgsm']
+    assert main(args + ['--attacks', 'fgsm', 'pgd_sat']) == 0
+    assert 'is complete for these attacks: nothing to continue' in capsys.readouterr().out
+    assert json.loads(out.read_text()) == record
+    assert main(args + ['--attacks', 'fgsm', 'pgd_sat', '--seed', '5']) == 2
+    assert "is another evaluation: its seed is 0, this one's 5" in capsys.readouterr().err
+    assert main(args[:-3] + ['--attacks', 'fgsm', '--resume']) == 2
+    assert '--resume continues the report at --out: give --out' in capsys.readouterr().err
+
+
 def test_router_attacks_on_a_static_model_are_refused():
     import timm
     model = timm.create_model('cifar_resnet18', **TINY)

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..data import load_dataset
-from ..utils import atomic_write_text, check_output_path, number_arg, resolve_device, sha256_file
+from ..utils import atomic_write_text, check_output_path, number_arg, read_json, resolve_device, sha256_file
 from .filters import conv_layer_name, filter_means, plot_filter_means, summarize
 from .harness import SANITY_N, evaluate_robustness
 from .report import build_record, load_record, markdown_table, plot_eps_curve, plot_tradeoff, write_report
@@ -99,9 +99,28 @@ def check_eval_args(args) -> None:
             raise ValueError(f'{flag} must be at least 1, got {value}')
 
 
+def earlier_report(path: str, model: str, sha: Optional[str], data: Dict[str, Any], eps: float, seed: int
+                   ) -> Optional[Dict[str, Any]]:
+    """ The report at `path` that `awnet eval --resume` continues (None where there is none yet), once it is one of
+    this evaluation: the same model name, weights (sha256), images, eps and seed (ValueError names what differs). """
+    if not os.path.exists(path):
+        return None
+    record = read_json(path, what='awnet eval report')
+    if not isinstance(record, dict) or 'awnet_eval_version' not in record or 'per_sample' not in record:
+        raise ValueError(f"--resume: '{path}' is not an awnet eval report; give the --out of the evaluation to continue")
+    now = {'model': model, 'checkpoint_sha256': sha, 'data': json.loads(json.dumps(data)), 'eps': eps, 'seed': seed}
+    for key, value in now.items():
+        if record.get(key) != value:
+            raise ValueError(f"--resume: '{path}' is another evaluation: its {key} is {record.get(key)!r}, this one's "
+                             f"{value!r}; give another --out, or drop --resume to start it again")
+    return record
+
+
 def run_eval(args) -> int:
     check_eval_args(args)
     device = resolve_device(args.device)
+    if args.resume and not args.out:
+        raise ValueError('--resume continues the report at --out: give --out')
     out = args.out or os.path.join('output', 'eval', f"{args.model.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     check_output_path(out)  # before any attack: an unwritable path must not cost the evaluation
     spec = args.model + (f'={args.checkpoint}' if args.checkpoint else '')
@@ -118,6 +137,15 @@ def run_eval(args) -> int:
     x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, _in_chans(model))
     print(f"awnet eval: {spec} on {info['description']}, {device}, attacks: {', '.join(s.name for s in specs)}")
     sha = sha256_file(weights) if weights else None
+    previous = earlier_report(out, args.model, sha, info, args.eps, args.seed) if args.resume else None
+    if previous is not None:
+        names = [a['name'] for a in previous['attacks']]
+        if previous['complete'] and names == [s.name for s in specs] and bool(previous.get('sanity')) == args.sanity:
+            print(markdown_table(previous))
+            print(f'awnet eval: {out} is complete for these attacks: nothing to continue')
+            return 0
+        print(f"awnet eval: continuing {out}: {', '.join(names) or 'no attack'} finished "
+              f"({previous['elapsed_seconds'] / 60:.1f} min), taken from it")
 
     def save(result):  # after every attack, so an interruption or a late failure loses nothing
         record = build_record(result, args.model, args.checkpoint or args.model, info, args.eps, args.seed, str(device),
@@ -127,7 +155,7 @@ def run_eval(args) -> int:
 
     result = evaluate_robustness(model, x, y, specs, batch_size=args.batch_size, device=device, seed=args.seed,
                                  sanity=args.sanity, sanity_n=args.sanity_n, random_start=args.random_start,
-                                 progress=args.progress, on_attack=save)
+                                 progress=args.progress, on_attack=save, previous=previous)
     record = save(result)
     if args.sanity:
         plot_eps_curve([record], os.path.splitext(out)[0] + '-eps.png')
@@ -182,6 +210,10 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     _switch(p, '--progress', True, 'progress bars (default: on)')
     p.add_argument('--out', default='', help='report path (.json; default output/eval/<model>-<time>.json); written '
                                              'after every attack')
+    p.add_argument('--resume', action='store_true',
+                   help='continue the report at --out, from an interrupted run of this evaluation (same model, weights, '
+                        'images, eps and seed): its finished attacks are kept, the others run; without a report there, '
+                        'start one')
     p.set_defaults(func=run_eval)
     return p
 

@@ -14,10 +14,15 @@ white-box one; a single-step attack never beats an iterative one. Their cost sta
 attacks': the eps sweep runs on the first `sanity_n` points, attacks only the points still robust at the
 previous eps (an example found at a smaller eps lies in every larger ball, so the curve is the accuracy
 left after PGD-20 at each eps or any smaller one), and PGD-100 runs only on the points PGD-20 left robust.
+
+An interrupted evaluation continues from its last saved result (`previous`): the attacks it finished are taken with
+their per-sample outcomes, once its clean predictions are this run's to the bit, and only the others run. Every attack
+starts from the same seed, so the continued result is the one an uninterrupted run gives.
 """
+import json
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -113,6 +118,28 @@ def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, specs: Seq
                               f'{int(y.max())}: evaluate a model made for this dataset\'s classes')
 
 
+def _finished_attacks(previous: Dict[str, Any], specs: Sequence[AttackSpec],
+                      clean_correct: torch.Tensor) -> Dict[str, Tuple[Dict[str, Any], torch.Tensor]]:
+    """{name: (record, per-sample correct)} of the attacks an earlier run of this evaluation finished."""
+    bits = previous.get('per_sample') or {}
+    if bits.get('clean') != _bits(clean_correct):
+        raise EvaluationError('the earlier result\'s clean predictions are not this run\'s: another model, checkpoint or '
+                              'images; start a new evaluation')
+    wanted = {s.name: s for s in specs}
+    finished = {}
+    for record in previous.get('attacks', []):
+        name = record['name']
+        if name not in wanted:
+            raise EvaluationError(f"the earlier result has the attack '{name}', which this run does not ask for: ask for "
+                                  f"it too (its worst case counts it), or start a new evaluation")
+        params = json.loads(json.dumps(wanted[name].params))  # as the record holds them
+        if record['params'] != params or len(bits.get(name, '')) != len(clean_correct):
+            raise EvaluationError(f"the earlier result ran '{name}' with {record['params']}, this run asks for {params}: "
+                                  f"start a new evaluation")
+        finished[name] = (record, torch.tensor([b == '1' for b in bits[name]]))
+    return finished
+
+
 def _summary(clean_correct, p_clean_clean, attacks, outcomes) -> Dict[str, Any]:
     """The result over the attacks run so far (per-sample worst case over them)."""
     clean_acc = clean_correct.float().mean().item()
@@ -122,7 +149,7 @@ def _summary(clean_correct, p_clean_clean, attacks, outcomes) -> Dict[str, Any]:
     robust_worst = worst.float().mean().item()
     return {
         'clean_acc': clean_acc,
-        'attacks': attacks,
+        'attacks': list(attacks),  # a copy: a partial result handed over keeps the attacks run so far
         'worst_case': {'robust_acc': robust_worst, 'w_robust_acc': (clean_acc + robust_worst) / 2,
                        'attacks': list(outcomes)},
         'router': {'p_clean_clean_mean': p_clean_clean.mean().item()} if p_clean_clean is not None else None,
@@ -146,17 +173,20 @@ def evaluate_robustness(
         random_start: str = 'uniform',
         progress: bool = True,
         on_attack: Optional[Callable[[Dict[str, Any]], None]] = None,
+        previous: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """ Clean accuracy, each attack's robust and W-Robust accuracy, the worst case, router stats, sanity flags.
 
     `on_attack(partial_result)` is called after each attack (the result so far, `complete` False), so a
-    caller can save it; `random_start` is the sanity checks' PGD start. Raises EvaluationError for inputs
-    that are not finite [0, 1] pixels, labels the model has no class for, or an attack's invalid examples.
+    caller can save it; `previous` is such a result (or its record) of an interrupted run of this evaluation, whose
+    finished attacks are taken instead of run again; `random_start` is the sanity checks' PGD start. Raises
+    EvaluationError for inputs that are not finite [0, 1] pixels, labels the model has no class for, an attack's
+    invalid examples, or a `previous` of another model, image set or attack setting.
     """
     device = device or next(model.parameters()).device
     model = model.to(device).eval()
     _check_inputs(model, x, y, specs, batch_size, sanity_n if sanity else None, device)
-    t_start = time.time()
+    t_start = time.time() - (previous or {}).get('elapsed_seconds', 0.0)
     clean_pred, clean_p = [], []
     for i in range(0, len(x), batch_size):
         logits, pc = _predict(model, x[i:i + batch_size].to(device))
@@ -167,8 +197,13 @@ def evaluate_robustness(
     p_clean_clean = torch.cat(clean_p) if clean_p else None
     clean_acc = clean_correct.float().mean().item()
 
+    finished = _finished_attacks(previous, specs, clean_correct) if previous is not None else {}
     attacks, outcomes = [], {}
     for spec in specs:
+        if spec.name in finished:
+            record, outcomes[spec.name] = finished[spec.name]
+            attacks.append(record)
+            continue
         out = _run_attack(model, spec, x, y, batch_size, device, seed, progress)
         correct = out['correct'] & clean_correct  # robust over all N: a clean mistake is not robust
         outcomes[spec.name] = correct
