@@ -133,9 +133,12 @@ def _finished_attacks(previous: Dict[str, Any], specs: Sequence[AttackSpec],
             raise EvaluationError(f"the earlier result has the attack '{name}', which this run does not ask for: ask for "
                                   f"it too (its worst case counts it), or start a new evaluation")
         params = json.loads(json.dumps(wanted[name].params))  # as the record holds them
-        if record['params'] != params or len(bits.get(name, '')) != len(clean_correct):
+        if record['params'] != params:
             raise EvaluationError(f"the earlier result ran '{name}' with {record['params']}, this run asks for {params}: "
                                   f"start a new evaluation")
+        if len(bits.get(name, '')) != len(clean_correct):
+            raise EvaluationError(f"the earlier result has no per-image outcome of '{name}' for these "
+                                  f"{len(clean_correct)} images: start a new evaluation")
         finished[name] = (record, torch.tensor([b == '1' for b in bits[name]]))
     return finished
 
