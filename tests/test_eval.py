@@ -319,8 +319,16 @@ def test_an_interrupted_evaluation_continues_to_the_result_of_an_uninterrupted_o
 
 
 def test_awnet_eval_resume_continues_its_report_and_refuses_another_one(cifar10_root, tmp_path, capsys):
+    from awnet_timm.hub import export_checkpoint
+    from hub_fixtures import TINY_STATIC, make_run
     out = tmp_path / 'report.json'
-    args = ['eval', '--model', 'cifar_resnet18', '--model-kwargs', json.dumps(TINY), '--data-dir', cifar10_root, '--n', '8',
+    unweighted = ['eval', '--model', 'cifar_resnet18', '--model-kwargs', json.dumps(TINY), '--data-dir', cifar10_root,
+                  '--n', '8', '--no-sanity', '--no-progress', '--out', str(out), '--resume', '--attacks', 'fgsm']
+    assert main(unweighted) == 2  # initialized anew each run: nothing to continue from
+    assert '--resume continues the evaluation of one set of weights' in capsys.readouterr().err and not out.exists()
+    folder = export_checkpoint(make_run(str(tmp_path / 'run'), model='cifar_resnet18', model_kwargs=TINY_STATIC),
+                               str(tmp_path / 'export')).folder
+    args = ['eval', '--model', f'local-dir:{folder}', '--data-dir', cifar10_root, '--n', '8',
             '--batch-size', '8', '--no-sanity', '--no-progress', '--out', str(out), '--resume']
     assert main(args + ['--attacks', 'fgsm']) == 0  # no report yet: a new one
     first = json.loads(out.read_text())
@@ -330,8 +338,20 @@ def test_awnet_eval_resume_continues_its_report_and_refuses_another_one(cifar10_
     assert [a['name'] for a in record['attacks']] == ['fgsm', 'pgd_sat'] and record['complete']
     assert record['attacks'][0] == first['attacks'][0] and record['per_sample']['fgsm'] == first['per_sample']['fgsm']
     assert main(args + ['--attacks', 'fgsm', 'pgd_sat']) == 0
-    assert 'is complete for these attacks: nothing to continue' in capsys.readouterr().out
+    assert 'is complete for these attacks and checks: nothing to continue' in capsys.readouterr().out
     assert json.loads(out.read_text()) == record
+    # complete, but not for these settings: other attack parameters are refused, other sanity checks run alone
+    assert main(args + ['--attacks', 'fgsm', 'pgd_sat', '--random-start', 'none']) == 2
+    assert "ran 'pgd_sat' with" in capsys.readouterr().err
+    sane = [a for a in args if a != '--no-sanity'] + ['--attacks', 'fgsm', 'pgd_sat']
+    assert main(sane + ['--sanity-n', '4']) == 0
+    assert json.loads(out.read_text())['sanity_cost']['n'] == 4
+    assert main(sane + ['--sanity-n', '2']) == 0
+    assert 'continuing' in capsys.readouterr().out
+    checked = json.loads(out.read_text())
+    assert checked['sanity_cost']['n'] == 2 and checked['attacks'] == record['attacks']
+    assert main(sane + ['--sanity-n', '2']) == 0
+    assert 'nothing to continue' in capsys.readouterr().out
     assert main(args + ['--attacks', 'fgsm', 'pgd_sat', '--seed', '5']) == 2
     assert "is another evaluation: its seed is 0, this one's 5" in capsys.readouterr().err
     assert main(args[:-3] + ['--attacks', 'fgsm', '--resume']) == 2

@@ -10,7 +10,7 @@ import torch
 from ..data import load_dataset
 from ..utils import atomic_write_text, check_output_path, number_arg, read_json, resolve_device, sha256_file
 from .filters import conv_layer_name, filter_means, plot_filter_means, summarize
-from .harness import SANITY_N, evaluate_robustness
+from .harness import SANITY_N, answered_by, evaluate_robustness
 from .report import build_record, load_record, markdown_table, plot_eps_curve, plot_tradeoff, write_report
 from .suite import GROUPS, build_suite, validate_suite_args
 
@@ -137,12 +137,15 @@ def run_eval(args) -> int:
     x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, _in_chans(model))
     print(f"awnet eval: {spec} on {info['description']}, {device}, attacks: {', '.join(s.name for s in specs)}")
     sha = sha256_file(weights) if weights else None
+    if args.resume and sha is None:
+        raise ValueError(f'--resume continues the evaluation of one set of weights, and {args.model} has none: it is '
+                         'initialized anew each run; give --checkpoint, a local-dir: or hf-hub: model, or drop --resume')
     previous = earlier_report(out, args.model, sha, info, args.eps, args.seed) if args.resume else None
     if previous is not None:
         names = [a['name'] for a in previous['attacks']]
-        if previous['complete'] and names == [s.name for s in specs] and bool(previous.get('sanity')) == args.sanity:
+        if answered_by(previous, specs, len(x), args.sanity, args.sanity_n, args.random_start):
             print(markdown_table(previous))
-            print(f'awnet eval: {out} is complete for these attacks: nothing to continue')
+            print(f'awnet eval: {out} is complete for these attacks and checks: nothing to continue')
             return 0
         print(f"awnet eval: continuing {out}: {', '.join(names) or 'no attack'} finished "
               f"({previous['elapsed_seconds'] / 60:.1f} min), taken from it")

@@ -32,7 +32,7 @@ from ..attacks import check_pixels
 from ..models import AWNet
 from .suite import PROTOCOL_EPS, AttackSpec, pgd_spec
 
-__all__ = ['evaluate_robustness', 'detection_auc', 'sanity_checks', 'EvaluationError', 'SANITY_EPS', 'SANITY_N']
+__all__ = ['evaluate_robustness', 'answered_by', 'detection_auc', 'sanity_checks', 'EvaluationError', 'SANITY_EPS', 'SANITY_N']
 
 SANITY_EPS = (2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255, 32 / 255, 128 / 255)
 SANITY_N = 200  # points of the eps sweep and of the PGD-100 check
@@ -141,6 +141,19 @@ def _finished_attacks(previous: Dict[str, Any], specs: Sequence[AttackSpec],
                                   f"{len(clean_correct)} images: start a new evaluation")
         finished[name] = (record, torch.tensor([b == '1' for b in bits[name]]))
     return finished
+
+
+def answered_by(previous: Dict[str, Any], specs: Sequence[AttackSpec], n: int, sanity: bool,
+                sanity_n: int = SANITY_N, random_start: str = 'uniform') -> bool:
+    """Whether `previous`, a complete result (or its record) of this evaluation, already is what it would give: the same
+    attacks with the same parameters and, where asked for, sanity checks on as many points with the same start."""
+    if not previous.get('complete'):
+        return False
+    ran = [(a['name'], a['params']) for a in previous.get('attacks', [])]
+    if ran != [(s.name, json.loads(json.dumps(s.params))) for s in specs] or bool(previous.get('sanity')) != sanity:
+        return False
+    cost = previous.get('sanity_cost') or {}
+    return not sanity or (cost.get('n'), cost.get('random_start')) == (min(sanity_n, n), random_start)
 
 
 def _summary(clean_correct, p_clean_clean, attacks, outcomes) -> Dict[str, Any]:
