@@ -28,7 +28,7 @@ release_student() {  # STAGE
     read -r name tag <<< "$(release_of "$stage")"
     src=$ZOO/releases/$name.$tag
     if [ ! -f "$src/model.safetensors" ]; then echo "$stage: no export in $src, not released"; return; fi
-    out=hub/releases/$name.$tag
+    out=$RELEASES/$name.$tag
     rm -rf "$out.tmp" && cp -r "$src" "$out.tmp" && rm -rf "$out" && mv "$out.tmp" "$out"
     common=(--model "$name" --checkpoint "$out/model.safetensors" --data-dir "$DATA_DIR" --device cpu --no-progress)
     "${AWNET[@]}" eval "${common[@]}" --split test --n 10000 --attacks fgsm --no-sanity --out "$out/awnet_eval_test-jpeg.json"
