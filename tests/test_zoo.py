@@ -197,6 +197,53 @@ def test_next_epoch_is_given_the_slowest_recent_epoch_but_not_one_paused_for_an_
     assert given(140, 140, 3927) == 140  # an epoch stopped (kill -STOP) for an hour says nothing of the next
     assert given(140, 400, 420) == 420  # a machine that stays busy moves the median: every slow epoch counts
     assert given(140, 3927) == 3927  # two epochs have no outlier to tell: the slow one counts
+    stopped = [{'epoch_seconds': 140}, {'epoch_seconds': 740, 'stopped_seconds': 598}, {'epoch_seconds': 150}]
+    assert next_epoch_seconds(stopped, fallback=99.) == 150  # ten minutes of kill -STOP for a test run are not a forecast
+    busy = [{'epoch_seconds': 140}, {'epoch_seconds': 290, 'stopped_seconds': 0.0}, {'epoch_seconds': 150}]
+    assert next_epoch_seconds(busy, fallback=99.) == 290
+
+
+_CHILD = '''
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location('timing', sys.argv[3])  # the module alone: no timm to import
+timing = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(timing)
+with timing.StoppedClock(tick=0.05, gap=0.5) as clock:
+    print('ready', flush=True)
+    n, t, blocks = 10 ** 6, time.time(), []
+    while time.time() - t < float(sys.argv[1]):
+        s = time.time()
+        sum(range(n))  # one C call: it holds the GIL, so the clock's thread wakes late, with the CPU busy
+        blocks.append(time.time() - s)
+        n = n * 2 if blocks[-1] < 1.0 and sys.argv[2] == 'long' else n
+    print(clock.seconds(), max(blocks), flush=True)
+'''
+
+
+def test_the_stopped_clock_counts_a_kill_stop_but_not_a_busy_process():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def run(seconds, blocks, stop_for=0.0):
+        import awnet_timm.timing
+        child = subprocess.Popen([sys.executable, '-c', _CHILD, str(seconds), blocks, awnet_timm.timing.__file__],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == 'ready'
+        if stop_for:
+            time.sleep(1.0)
+            child.send_signal(signal.SIGSTOP)
+            time.sleep(stop_for)
+            child.send_signal(signal.SIGCONT)
+        out, _ = child.communicate(timeout=120)
+        stopped, longest_block = map(float, out.split())
+        return stopped, longest_block
+
+    stopped, longest_block = run(4.0, 'long')
+    assert longest_block > 0.5 and stopped == 0.0  # busy past the gap, holding the GIL: not a stop
+    stopped, _ = run(3.0, 'short', stop_for=2.5)
+    assert 2.0 < stopped < 3.0, stopped  # busy in short calls (as torch's, which let the GIL go), stopped for 2.5 s
 
 
 def test_merge_chunks_equals_one_evaluation():

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..attacks import LinfPGD
 from ..data import DeviceLoader, ImageTensors, load_dataset
+from ..timing import StoppedClock
 from ..utils import atomic_write_text, resolve_device
 from .checkpoint import (
     CheckpointError, create_model_with_weights, load_train_state, nonfinite_tensors, read_train_state_meta, run_model_kwargs,
@@ -355,7 +356,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     folder = _RunFolder()
     try:
-        return _train(cfg, folder)
+        with StoppedClock() as stopped:
+            return _train(cfg, folder, stopped)
     except BaseException as e:
         folder.remove_if_empty_run()
         if isinstance(e, KeyboardInterrupt) and not isinstance(e, RunInterrupted) and folder.path:
@@ -363,7 +365,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise
 
 
-def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
+def _train(cfg: TrainConfig, folder: _RunFolder, stopped: StoppedClock) -> TrainResult:
     t_start = time.time()
     cfg = _with_built_model_kwargs(cfg.validate())
     d = _Dist(cfg.device)
@@ -448,7 +450,7 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
     last, epoch_times, finished = None, [], True
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
-        t_epoch = time.time()
+        t_epoch, stopped_before = time.time(), stopped.seconds()
         _seed_epoch(cfg, epoch, d.rank)
         scheduler.step(epoch)
         train_loader.set_epoch(epoch)
@@ -498,6 +500,7 @@ def _train(cfg: TrainConfig, folder: _RunFolder) -> TrainResult:
                            f"overfitting? best.safetensors keeps epoch {best['epoch']} unless a later epoch beats it; "
                            f"a run that stays collapsed wants a stronger training attack (more PGD steps)")
         record['epoch_seconds'] = time.time() - t_epoch
+        record['stopped_seconds'] = stopped.seconds() - stopped_before  # kill -STOP'ed, within epoch_seconds
         if schedule_was is not None and epoch == start_epoch:
             record['schedule_was'] = schedule_was  # the lr schedule changed at this epoch (a resume with new epochs)
         is_best = 'val_w_robust_acc' in record and (best is None or record['val_w_robust_acc'] > best['val_w_robust_acc'])

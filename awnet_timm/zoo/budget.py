@@ -129,9 +129,10 @@ OUTLIER = 3.0  # an epoch this many times the median of the recent ones was paus
 
 def next_epoch_seconds(records: Sequence[Dict[str, Any]], fallback: float) -> float:
     """The time the next epoch is given: the slowest of the last three measured (a busy machine's slow epochs count),
-    leaving out one over OUTLIER x their median (an epoch whose process was stopped for an hour says nothing of the
-    next one; a machine that stays busy slows two of three, which moves the median)."""
-    recent = [r['epoch_seconds'] for r in records[-3:]]
+    without the seconds their process was stopped (`stopped_seconds`, kill -STOP for a test run), and leaving out one
+    over OUTLIER x their median (a stop from before the training logged it; a machine that stays busy slows two of
+    three, which moves the median)."""
+    recent = [r['epoch_seconds'] - r.get('stopped_seconds', 0.0) for r in records[-3:]]
     if not recent:
         return fallback
     typical = statistics.median(recent)
