@@ -757,6 +757,25 @@ def test_the_cpu_plan_names_its_releases_by_their_registered_tags():
         assert model.endswith('_025') and model.startswith(plan.stage(name).config['model'])
 
 
+def test_a_campaign_evaluates_every_student_once_one_reaches_the_gate():
+    """Issue 17 item 4: the static twin is evaluated beside AW-Net at equal epochs, though its own holdout is lower."""
+    from awnet_timm.zoo import runner
+    plan = load_plan('cifar10-cpu')
+    stage = next(s for s in plan.stages if s.name == 'evaluate')
+    assert plan.campaign and stage.min_holdout_pgd == 0.3
+    run = runner._Run.__new__(runner._Run)  # only the plan and the stages' records are read
+    run.plan, best = plan, {}
+    run.record = lambda name: {'best': {'val_pgd_acc': best[name]}} if name in best else {}
+    assert run.ready(stage) == []  # nothing trained yet
+    best.update(student_awnet_r18_025=0.263, student_cifar_resnet18_025=0.172)
+    assert run.ready(stage) == []  # both below: the slice's time goes to training
+    best.update(student_awnet_r18_025=0.304, student_cifar_resnet18_025=0.204)
+    assert run.ready(stage) == ['student_awnet_r18_025', 'student_cifar_resnet18_025']
+    run.plan = dataclasses.replace(plan, campaign=False)  # a fit run evaluates every student
+    best.clear()
+    assert run.ready(stage) == ['student_awnet_r18_025', 'student_cifar_resnet18_025']
+
+
 def test_a_campaign_saved_through_git_continues_in_a_fresh_clone(digits, request, tmp_path, monkeypatch, capsys):
     """Issue 17 item 3 on a machine handed back fresh: `scripts/campaign_state.py save` at the end of a session and
     `restore` in a new clone at another path bring the folder back, and the next slice continues it exactly (the

@@ -16,8 +16,8 @@ A plan (shipped ones live in `plans/`; any path to a .json works too) holds:
     evaluation reports on is refused;
   - `evaluate`: `students` (evaluated with `attacks` on the first images of the exact test set, in chunks,
     N between `n_min` and `n_target`) and `teachers` (clean accuracy, and PGD-20 for adversarial recipes); in a
-    campaign, `min_holdout_pgd` holds a student's evaluation (and its time) back until its best holdout PGD accuracy
-    reaches it;
+    campaign, `min_holdout_pgd` holds the students' evaluation (and its time) back until the best holdout PGD
+    accuracy of one of them reaches it;
   - `export`: `students` written as Hub folders of `dtype`, their cards carrying the run's provenance.
 A stage runs once every stage in its `after` list (and every '@stage' teacher) has finished. A stage marked
 `optional` runs only when asked for (`awnet zoo run --include NAME`); left out, it is dropped from the plan and
@@ -84,7 +84,7 @@ class EvaluateStage(Stage):
     router_steps: int = 50
     batch_size: int = 250
     dtype: str = 'fp16'
-    min_holdout_pgd: float = 0.0  # a campaign evaluates a student once its best holdout PGD accuracy reaches this
+    min_holdout_pgd: float = 0.0  # a campaign evaluates its students once one has a best holdout PGD accuracy this high
 
 
 @dataclass

@@ -24,8 +24,9 @@ Evaluation and export run on the models whose weights changed since they last ra
 training included, marked by their epochs; `--redo evaluate` asks for all again); in a campaign they keep their
 share only in a slice where a student has new weights or can train, and a model's evaluation that finds no time
 left waits for the next slice (a fit run evaluates at least `n_min` images of every student, even past the deadline).
-A campaign's evaluation takes in a student once its best holdout PGD accuracy reaches the stage's `min_holdout_pgd`
-(until then it holds no share for it, and records the student as waiting).
+A campaign's evaluation takes in its students once one of them has a best holdout PGD accuracy at the stage's
+`min_holdout_pgd`, all of them from then on (the static twin beside AW-Net at equal epochs); until then it holds no
+share for them, and records them as waiting.
 
 A campaign folder that `scripts/campaign_state.py` saved through git and restored on a fresh machine continues
 exactly; the restore is recorded in `manifest['restored']` and in the slice that follows it.
@@ -536,10 +537,13 @@ class _Run:
         return False
 
     def ready(self, stage) -> List[str]:
-        """The stage's students it takes in: in a campaign, an evaluation waits for a best holdout PGD accuracy of
-        `min_holdout_pgd` (below it no release is in sight, and the slice's time goes to training)."""
+        """The stage's students it takes in: in a campaign, an evaluation waits until one of them reaches a best holdout
+        PGD accuracy of `min_holdout_pgd` (below it no release is in sight, and the slice's time goes to training),
+        then takes them all in, so that each is seen beside the others at the same epochs."""
         floor = getattr(stage, 'min_holdout_pgd', 0.) if self.plan.campaign else 0.
-        return [n for n in stage.students if not floor or (self.record(n).get('best') or {}).get('val_pgd_acc', 0.) >= floor]
+        if not floor or any((self.record(n).get('best') or {}).get('val_pgd_acc', 0.) >= floor for n in stage.students):
+            return list(stage.students)
+        return []
 
     def reserved_after(self, i: int) -> float:
         return sum(s.share for s in self.plan.stages[i + 1:] if not isinstance(s, TrainStage) and self.has_work(s)) * self.budget
