@@ -18,7 +18,7 @@
 # Environment: PYTHON (default .venv/bin/python), DATA_DIR (default ../shared/data/cifar10), N_TEACHER, N_STUDENT,
 # N_JPEG, RELEASES (default hub/releases), EVAL_DIR (default ZOO/release-eval). A rehearsal on a few images, with
 # nothing committed and neither hub/releases nor the zoo folder touched:
-#   N_TEACHER=8 N_STUDENT=8 N_JPEG=64 RELEASES=/tmp/rehearsal EVAL_DIR=/tmp/rehearsal/eval \
+#   N_TEACHER=8 N_STUDENT=8 N_JPEG=64 RELEASES=output/rehearsal EVAL_DIR=output/rehearsal/eval \
 #       bash scripts/release_cpu_campaign.sh ZOO all --no-commit
 set -euo pipefail
 cd "$(dirname "$0")/.."
