@@ -1,4 +1,6 @@
 """AW-Net's own behaviour: routes, MixBN branches, router gradients, ablations, errors, sizes."""
+import math
+
 import pytest
 import timm
 import torch
@@ -104,6 +106,91 @@ def test_detach_route_equals_auto_forward():
     model = _trained_stats(_tiny())
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(model.forward_features(x, route='detach'), model.forward_features(x))
+
+
+def _per_sample_reference(model: AWNet, x: torch.Tensor, weight) -> torch.Tensor:
+    """The slow, obvious route: each image alone, MixBN blended by weight(its P(clean)) given as a router output
+    (to the model without its threshold, which would otherwise apply on top of the given value)."""
+    kept = model.route_threshold, model.route_temperature
+    model.set_route_threshold(None)
+    rows = []
+    for i in range(len(x)):
+        r = model.forward_router(x[i:i + 1])
+        given = RouterOutput(r.type_logits, weight(r.p_clean), r.omega)
+        rows.append(model.forward_with_router(x[i:i + 1], router_out=given)[0])
+    model.set_route_threshold(*kept)
+    return torch.cat(rows)
+
+
+def test_hard_route_threshold_runs_one_bn_branch_per_image():
+    model = _trained_stats(_tiny())
+    x = torch.rand(6, 3, 32, 32)
+    p = model.forward_router(x).p_clean.detach()
+    low, high = p.sort().values[2:4].tolist()
+    t = (low + high) / 2  # three images on each side, none near it
+    soft = model(x)
+    model.set_route_threshold(t)
+    hard = model(x)
+    for i in range(len(x)):
+        branch = 'clean' if p[i] > t else 'adv'
+        torch.testing.assert_close(hard[i:i + 1], model.forward_with_router(x[i:i + 1], route=branch)[0],
+                                   rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(hard, _per_sample_reference(model, x, lambda q: (q > t).float()), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(hard, soft)
+    _, r = model.forward_with_router(x)
+    torch.testing.assert_close(r.p_clean, p)  # the router's outputs are left as they are
+    model.set_route_threshold(None)
+    torch.testing.assert_close(model(x), soft)
+
+
+@pytest.mark.parametrize('temperature', [0.5, 2.0])
+def test_route_temperature_blends_by_the_sharpened_p_clean(temperature):
+    model = _trained_stats(_tiny(route_threshold=0.3, route_temperature=temperature))
+    x = torch.rand(4, 3, 32, 32)
+
+    def sharpened(q):  # sigmoid((logit q - logit t) / T), written out
+        q = q.double()
+        odds = (q / (1 - q)) / (0.3 / 0.7)
+        return (odds ** (1 / temperature) / (1 + odds ** (1 / temperature))).float()
+    torch.testing.assert_close(model(x), _per_sample_reference(model, x, sharpened), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.forward_features(x, route='detach'), model.forward_features(x))
+    with use_route(model, 'adv'):  # a forced route ignores the threshold
+        torch.testing.assert_close(model(x), model.forward_with_router(x, route='adv')[0])
+
+
+def test_sharpening_reads_the_router_logits_where_p_clean_has_rounded_to_one():
+    from awnet_timm.models.awnet import sharpen_p_clean
+    type_logits = torch.tensor([[0., 12.], [0., 10.]], dtype=torch.bfloat16)  # [adv, clean]: P(clean) 0.999994, 0.99995
+    p = type_logits.softmax(1)[:, 1]
+    assert p.tolist() == [1., 1.]  # bfloat16 cannot tell them apart
+    t = 1 / (1 + math.exp(-11))
+    assert sharpen_p_clean(p, t, 0., type_logits).tolist() == [1., 0.]
+    expected = torch.sigmoid(torch.tensor([1., -1.]) / 0.5)
+    torch.testing.assert_close(sharpen_p_clean(p, t, 0.5, type_logits).float(), expected, atol=1e-2, rtol=0)
+    assert sharpen_p_clean(torch.tensor([0.2, 0.4]), 0.3).tolist() == [0., 1.]  # without logits: from p itself
+
+
+def test_a_sharpened_route_passes_gradients_to_the_router_only_when_soft_and_not_detached():
+    model = _trained_stats(_tiny(modulate=False))  # P(clean) is the only path to the router
+    model.set_route_threshold(0.5, 1.0)
+    assert _router_trunk_grad(model) > 0
+    assert _router_trunk_grad(model, route='detach') == 0
+    model.set_route_threshold(0.5)  # a hard threshold has no gradient
+    assert _router_trunk_grad(model) == 0
+
+
+def test_route_threshold_through_timm_and_bad_values():
+    model = timm.create_model('awnet_r18_025', route_threshold=0.9)
+    assert (model.route_threshold, model.route_temperature) == (0.9, 0.)
+    for kwargs, match in (({'route_threshold': 1.0}, 'strictly between 0 and 1'),
+                          ({'route_threshold': '0.5'}, 'must be a number'),
+                          ({'route_threshold': 0.5, 'route_temperature': float('nan')}, 'finite number >= 0'),
+                          ({'route_threshold': 0.5, 'route_temperature': -1.}, 'finite number >= 0'),
+                          ({'route_temperature': 1.}, 'give one too')):
+        with pytest.raises(ValueError, match=match):
+            _tiny(**kwargs)
+    with pytest.raises(ValueError, match='needs a router with a type head'):
+        timm.create_model('cifar_resnet18_025', route_threshold=0.5)
 
 
 def test_use_route_sets_and_restores():

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from awnet_timm import AWNet
-from awnet_timm.attacks import AutoAttack, ForcedRoutePGD
+from awnet_timm.attacks import AutoAttack, ForcedRoutePGD, JointLossPGD
 from awnet_timm.cli import main
 from awnet_timm.data import load_dataset
 from awnet_timm.eval import (
@@ -45,7 +45,7 @@ def test_every_attack_lowers_accuracy_and_the_worst_case_is_below_each(trained_a
     specs = build_suite(model, ['paper', 'router'], eps=8 / 255, router_steps=10)
     specs = [s for s in specs if s.name != 'autoattack']  # AutoAttack has its own test (slow on CPU)
     assert {s.name for s in specs} == {'fgsm', 'pgd_sat', 'pgd_trades', 'cw_inf', 'forced_clean', 'forced_adv',
-                                       'router_detach', 'two_phase', 'signal_match', 'joint_adaptive'}
+                                       'router_detach', 'two_phase', 'signal_match', 'joint_adaptive', 'joint_clean'}
     result = evaluate_robustness(model, x, y, specs, batch_size=32, sanity=False, progress=False)
     print(f"trained_awnet clean accuracy: {result['clean_acc']:.3f}, worst case {result['worst_case']['robust_acc']:.3f}")
     # seeds 0-4 (--outcome-seeds 5), torch 2.14.1, CPU: clean 0.359 to 0.766, worst case 0.172 to 0.422
@@ -73,6 +73,20 @@ def test_forced_route_attacks_run_the_intended_bn_branch(trained_awnet, val_batc
         for h in hooks:
             h.remove()
         assert seen == {forced}
+    seen = set()  # joint_clean: the Clean BN path's cross-entropy, the router's P(clean) (the type head runs)
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.add(args[2] if len(args) > 2 else 'mix'))
+             for m in model.modules() if isinstance(m, MixBatchNorm2d)]
+    heads = []
+    hooks.append(model.router.type_head.register_forward_hook(lambda mod, args, out: heads.append(out)))
+    x_adv = JointLossPGD(model, 1.0, route='clean', steps=5).perturb(x[:8], y[:8])
+    for h in hooks:
+        h.remove()
+    assert seen == {'clean'} and heads and model.route == 'auto'
+    without = JointLossPGD(model, 0.0, route='clean', steps=5).perturb(x[:8], y[:8])  # the type term left out
+    with torch.no_grad():  # the type term is what raises P(clean)
+        p_with, p_without = model.forward_router(x_adv).p_clean, model.forward_router(without).p_clean
+    print(f'joint_clean mean P(clean): {p_with.mean():.4f} with the type term, {p_without.mean():.4f} without')
+    assert p_with.mean() > p_without.mean()
 
 
 def test_autoattack_runs_through_pyautoattack(trained_awnet, val_batch):
@@ -238,7 +252,8 @@ def test_random_start_step_sizes_and_kept_iterate_follow_the_options_and_are_rec
         scale = eps / (8 / 255)
         expected = {'pgd_sat': 2 / 255 * scale, 'pgd_trades': 0.003 * scale, 'cw_inf': 0.003 * scale,
                     'forced_clean': 2 / 255 * scale, 'forced_adv': 2 / 255 * scale, 'router_detach': 2 / 255 * scale,
-                    'signal_match': 2 / 255 * scale, 'joint_adaptive': 0.003 * scale, 'two_phase': 2.5 * eps / 100}
+                    'signal_match': 2 / 255 * scale, 'joint_adaptive': 0.003 * scale, 'two_phase': 2.5 * eps / 100,
+                    'joint_clean': 2 / 255 * scale}
         for name, step in expected.items():
             attack = specs[name].build(model)
             assert attack.step_size == pytest.approx(step) and specs[name].params['step_size'] == attack.step_size, name
@@ -354,8 +369,27 @@ def test_awnet_eval_resume_continues_its_report_and_refuses_another_one(cifar10_
     assert 'nothing to continue' in capsys.readouterr().out
     assert main(args + ['--attacks', 'fgsm', 'pgd_sat', '--seed', '5']) == 2
     assert "is another evaluation: its seed is 0, this one's 5" in capsys.readouterr().err
+    assert record['model_kwargs'] == {}  # the model's extra arguments are part of what was evaluated
+    assert main(args + ['--attacks', 'fgsm', 'pgd_sat', '--model-kwargs', '{"drop_rate": 0.1}']) == 2
+    assert "its model_kwargs is {}, this one's {'drop_rate': 0.1}" in capsys.readouterr().err
+    assert main(args + ['--attacks', 'fgsm', '--model-kwargs', '[0.9]']) == 2
+    assert '--model-kwargs must be a JSON object' in capsys.readouterr().err
     assert main(args[:-3] + ['--attacks', 'fgsm', '--resume']) == 2
     assert '--resume continues the report at --out: give --out' in capsys.readouterr().err
+
+
+def test_awnet_eval_of_a_thresholded_route_records_its_model_arguments(cifar10_root, tmp_path):
+    from awnet_timm.hub import export_checkpoint
+    from hub_fixtures import TINY_AWNET, make_run
+    from awnet_timm.eval.cli import load_model
+    folder = export_checkpoint(make_run(str(tmp_path / 'run'), model_kwargs=TINY_AWNET), str(tmp_path / 'export')).folder
+    assert load_model(f'local-dir:{folder}', {'route_threshold': 0.5})[0].route_threshold == 0.5
+    out = tmp_path / 'thresholded.json'
+    assert main(['eval', '--model', f'local-dir:{folder}', '--model-kwargs', '{"route_threshold": 0.5}', '--data-dir',
+                 cifar10_root, '--n', '4', '--no-sanity', '--no-progress', '--attacks', 'fgsm', '--out', str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record['model_kwargs'] == {'route_threshold': 0.5}
+    assert '(route_threshold=0.5) on first 4' in out.with_suffix('.md').read_text()
 
 
 def test_router_attacks_on_a_static_model_are_refused():

@@ -12,7 +12,9 @@ every result on the real model (route auto), and reports the per-sample worst ca
 - `SignalMatchPGD` (A5): cross-entropy minus a penalty that keeps every signal omega_j(x') near
   omega_j(x), so the weights the router picks stay those of the clean input.
 - `JointLossPGD`: the paper's adaptive attack (Sec. 5.3.4): PGD-trades on cross-entropy plus the type
-  term of its training loss (Eq. 22) for the label "adversarial", which pushes P(clean) up.
+  term of its training loss (Eq. 22) for the label "adversarial", which pushes P(clean) up. With `route='clean'`
+  (`joint_clean`) the cross-entropy is the Clean BN path's: examples that fool that path and look clean, the ones
+  a sharpened route (`route_threshold`) sends down it.
 - `MixedSurrogateAttack` (A6, MSA): attacks run on surrogate models; per sample, the first example
   that fools the target is kept.
 """
@@ -75,7 +77,10 @@ class SignalMatchPGD(LinfPGD):
 
 
 class JointLossPGD(LinfPGD):
-    """ The paper's adaptive attack: cross-entropy + `weight` x BCE(P_type(x'), adversarial) = CE - w log(1 - P(clean)). """
+    """ The paper's adaptive attack: cross-entropy + `weight` x BCE(P_type(x'), adversarial) = CE - w log(1 - P(clean)).
+
+    The cross-entropy is taken in the attack's `route` (None: the model's own; 'clean': the Clean BN path, signals
+    from x'); P(clean) is always the router's. """
 
     def __init__(self, model: nn.Module, weight: float = 1.0, **kwargs):
         _dynamic(model, 'JointLossPGD')

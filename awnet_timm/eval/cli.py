@@ -94,24 +94,29 @@ def check_eval_args(args) -> None:
     validate_suite_args(args.attacks, eps=args.eps, random_start=args.random_start, cw_step=args.cw_step,
                         router_steps=args.router_steps, square_queries=args.square_queries, aa_version=args.aa_version,
                         batch_size=args.aa_batch_size)
+    if not isinstance(args.model_kwargs, dict):
+        raise ValueError(f'--model-kwargs must be a JSON object (e.g. \'{{"route_threshold": 0.9}}\'), got {args.model_kwargs!r}')
     for flag, value in (('--batch-size', args.batch_size), ('--sanity-n', args.sanity_n)):
         if value < 1:
             raise ValueError(f'{flag} must be at least 1, got {value}')
 
 
-def earlier_report(path: str, model: str, sha: Optional[str], data: Dict[str, Any], eps: float, seed: int
-                   ) -> Optional[Dict[str, Any]]:
+def earlier_report(path: str, model: str, sha: Optional[str], data: Dict[str, Any], eps: float, seed: int,
+                   model_kwargs: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
     """ The report at `path` that `awnet eval --resume` continues (None where there is none yet), once it is one of
-    this evaluation: the same model name, weights (sha256), images, eps and seed (ValueError names what differs). """
+    this evaluation: the same model name, model arguments, weights (sha256), images, eps and seed (ValueError names
+    what differs). """
     if not os.path.exists(path):
         return None
     record = read_json(path, what='awnet eval report')
     if not isinstance(record, dict) or 'awnet_eval_version' not in record or 'per_sample' not in record:
         raise ValueError(f"--resume: '{path}' is not an awnet eval report; give the --out of the evaluation to continue")
-    now = {'model': model, 'checkpoint_sha256': sha, 'data': json.loads(json.dumps(data)), 'eps': eps, 'seed': seed}
+    now = {'model': model, 'model_kwargs': json.loads(json.dumps(model_kwargs or {})), 'checkpoint_sha256': sha,
+           'data': json.loads(json.dumps(data)), 'eps': eps, 'seed': seed}
+    before = dict(record, model_kwargs=record.get('model_kwargs', {}))  # reports before model_kwargs was recorded: none
     for key, value in now.items():
-        if record.get(key) != value:
-            raise ValueError(f"--resume: '{path}' is another evaluation: its {key} is {record.get(key)!r}, this one's "
+        if before.get(key) != value:
+            raise ValueError(f"--resume: '{path}' is another evaluation: its {key} is {before.get(key)!r}, this one's "
                              f"{value!r}; give another --out, or drop --resume to start it again")
     return record
 
@@ -140,7 +145,7 @@ def run_eval(args) -> int:
     if args.resume and sha is None:
         raise ValueError(f'--resume continues the evaluation of one set of weights, and {args.model} has none: it is '
                          'initialized anew each run; give --checkpoint, a local-dir: or hf-hub: model, or drop --resume')
-    previous = earlier_report(out, args.model, sha, info, args.eps, args.seed) if args.resume else None
+    previous = earlier_report(out, args.model, sha, info, args.eps, args.seed, args.model_kwargs) if args.resume else None
     if previous is not None:
         names = [a['name'] for a in previous['attacks']]
         if answered_by(previous, specs, len(x), args.sanity, args.sanity_n, args.random_start):
@@ -152,7 +157,7 @@ def run_eval(args) -> int:
 
     def save(result):  # after every attack, so an interruption or a late failure loses nothing
         record = build_record(result, args.model, args.checkpoint or args.model, info, args.eps, args.seed, str(device),
-                              checkpoint_sha256=sha)
+                              checkpoint_sha256=sha, model_kwargs=args.model_kwargs)
         write_report(record, out)
         return record
 

@@ -39,8 +39,10 @@ def build_record(
         device: str,
         checkpoint_sha256: Optional[str] = None,
         number_forward_passes: int = 1,
+        model_kwargs: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The JSON record of one evaluation run (the output of `evaluate_robustness` plus what was evaluated)."""
+    """The JSON record of one evaluation run (the output of `evaluate_robustness` plus what was evaluated;
+    `model_kwargs`: the model's extra arguments, e.g. a test-time route_threshold)."""
     aa = next((a for a in result['attacks'] if a['name'] == 'autoattack'), None)
     pct = lambda v: f'{100 * v:.2f}'  # noqa: E731
     record = {
@@ -48,6 +50,7 @@ def build_record(
         'model': model_name,
         'checkpoint': checkpoint,
         'checkpoint_sha256': checkpoint_sha256,
+        'model_kwargs': dict(model_kwargs or {}),
         'data': data,
         'norm': 'Linf',
         'eps': eps,
@@ -80,7 +83,9 @@ def build_record(
 def markdown_table(record: Dict[str, Any]) -> str:
     """One row per attack plus the worst case: robust accuracy, W-Robust accuracy, router statistics."""
     n = record['data'].get('n', '?')
-    lines = [f"**{record['model']}** on {record['data'].get('description', '')} (N = {n}), L-inf eps {record['eps_str']}: "
+    kwargs = record.get('model_kwargs') or {}
+    built = f" ({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})" if kwargs else ''
+    lines = [f"**{record['model']}**{built} on {record['data'].get('description', '')} (N = {n}), L-inf eps {record['eps_str']}: "
              f"clean accuracy {100 * record['clean_acc']:.2f}%", '',
              '| attack | kind | robust acc (%) | W-Robust acc (%) | mean P(clean) on x_adv | detection AUC | time (s) |',
              '|---|---|---:|---:|---:|---:|---:|']

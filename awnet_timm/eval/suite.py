@@ -5,7 +5,8 @@ the attack for a target model. `build_suite` expands group names:
 - 'paper': fgsm, pgd_sat (20 x 2/255), pgd_trades (20 x 0.003), cw_inf (30 steps, margin loss), autoattack
   (the AW-Net paper's protocol, Sec. 5.1, with AutoAttack 'standard');
 - 'router' (AW-Net only, docs/evaluation.md section 6): forced_clean, forced_adv, router_detach, two_phase,
-  signal_match, joint_adaptive (the paper's own adaptive attack);
+  signal_match, joint_adaptive (the paper's own adaptive attack), joint_clean (its type term with the cross-entropy of
+  the Clean BN path: the attack on a sharpened route, `route_threshold`);
 - 'blackbox': square (AutoAttack's Square, 5,000 queries);
 - 'transfer' (needs surrogates): transfer_<name> (PGD-sat on each surrogate) and msa (AutoAttack on
   every surrogate, per-sample first success).
@@ -32,7 +33,7 @@ __all__ = ['AttackSpec', 'GROUPS', 'PROTOCOL_EPS', 'ATTACK_NAMES', 'build_suite'
 
 GROUPS = {
     'paper': ('fgsm', 'pgd_sat', 'pgd_trades', 'cw_inf', 'autoattack'),
-    'router': ('forced_clean', 'forced_adv', 'router_detach', 'two_phase', 'signal_match', 'joint_adaptive'),
+    'router': ('forced_clean', 'forced_adv', 'router_detach', 'two_phase', 'signal_match', 'joint_adaptive', 'joint_clean'),
     'blackbox': ('square',),
     'transfer': ('transfer', 'msa'),
 }
@@ -182,10 +183,13 @@ def build_suite(
             elif name == 'signal_match':
                 specs.append(AttackSpec(name, 'router', dict(attack='SignalMatchPGD', penalty=1.0, **pgd),
                                         lambda m: SignalMatchPGD(m, 1.0, **pgd)))
-            else:
+            elif name == 'joint_adaptive':
                 joint = dict(pgd, step_size=trades_step, steps=20)
                 specs.append(AttackSpec(name, 'router', dict(attack='JointLossPGD', weight=1.0, **joint),
                                         lambda m: JointLossPGD(m, 1.0, **joint)))
+            else:  # joint_clean: the Clean BN path's cross-entropy, P(clean) pushed up, signals from x'
+                specs.append(AttackSpec(name, 'router', dict(attack='JointLossPGD', weight=1.0, route='clean', **pgd),
+                                        lambda m: JointLossPGD(m, 1.0, route='clean', **pgd)))
         elif name in ('transfer', 'msa'):
             if not surrogates:
                 raise ValueError(f"attack '{name}' needs surrogate models (--surrogate NAME=CHECKPOINT)")

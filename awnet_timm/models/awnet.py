@@ -20,7 +20,13 @@ Routes (`model.route`, or the `route=` argument of the forward methods):
 - 'detach': as 'auto', with the router's outputs detached from the graph (a straight-through
   view for attacks: gradients flow through the classifier only).
 `router_out=` replaces the router's outputs with given ones (any route applies on top of them).
+
+A sharper route at test time (not in the paper): `route_threshold=t` (or `model.set_route_threshold(t, T)`) blends
+MixBN in routes 'auto' and 'detach' by 1[P(clean) > t] (temperature T = 0: each image runs one BN branch) or by
+sigmoid((logit P(clean) - logit t) / T), instead of P(clean) itself. The router's outputs (`type_logits`, `p_clean`)
+stay as the router gives them; only the blend changes. docs/design.md says why and what it measured.
 """
+import math
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
@@ -38,7 +44,7 @@ from ..layers import AdversarialRouter, AWStage, ConvNormAct, HPMHead, RouterOut
     check_pixel_values, input_check_mode
 from .pretrained import check_weights_fit, explain_load_errors, may_be_served
 
-__all__ = ['AWNet', 'ROUTES', 'use_route', 'PUBLISHED_WEIGHTS', 'RELEASED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES',
+__all__ = ['AWNet', 'ROUTES', 'use_route', 'sharpen_p_clean', 'PUBLISHED_WEIGHTS', 'RELEASED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES',
            'registered_variant']
 
 ROUTES = ('auto', 'clean', 'adv', 'detach')
@@ -61,6 +67,33 @@ RELEASED_WEIGHTS: Set[str] = {
 def _check_route(route: str) -> None:
     if route != 'auto' and route != 'clean' and route != 'adv' and route != 'detach':
         raise ValueError(f"unknown route '{route}': expected one of 'auto', 'clean', 'adv', 'detach'")
+
+
+def _check_route_threshold(threshold: Optional[float], temperature: float) -> None:
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if threshold is not None and not (number(threshold) and 0. < threshold < 1.):
+        raise ValueError(f'route_threshold must be a number strictly between 0 and 1 (a P(clean) level), or None, '
+                         f'got {threshold!r}')
+    if not (number(temperature) and 0. <= temperature < float('inf')):
+        raise ValueError(f'route_temperature must be a finite number >= 0 (0: a hard threshold), got {temperature!r}')
+
+
+def sharpen_p_clean(p_clean: torch.Tensor, threshold: float, temperature: float = 0.,
+                    type_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """MixBN's blend weight from P(clean) and a threshold t: 1[p > t] at temperature 0 (no gradient), else
+    sigmoid((logit p - logit t) / temperature); in p_clean's dtype. With the router's `type_logits` ([adv, clean]),
+    logit p is their difference in float32, which keeps its resolution where p itself rounds to 1 (a t of 0.9999
+    under bf16 autocast)."""
+    if type_logits is not None:
+        z = type_logits[:, 1].float() - type_logits[:, 0].float()
+    else:
+        tiny = 1.1920928955078125e-07  # float32's eps (TorchScript has no torch.finfo)
+        z = torch.logit(p_clean.float().clamp(tiny, 1. - tiny))
+    z_t = math.log(threshold / (1. - threshold))
+    if temperature == 0.:
+        return (z > z_t).to(p_clean.dtype)
+    return torch.sigmoid((z - z_t) / temperature).to(p_clean.dtype)
 
 
 def _stats(values: Sequence[float], in_chans: int) -> torch.Tensor:
@@ -99,9 +132,14 @@ class AWNet(nn.Module):
         head: Classifier: 'fc' (nn.Linear) or 'hpm' (an FC plus the HPM l2-reclassifier, layers/hpm_head.py).
         head_args: Arguments of the HPM head (stable_weight, momentum, scale).
         act_layer, norm_layer: Activation and BatchNorm classes (or timm names).
+        route_threshold: Blend MixBN by P(clean) sharpened at this level (test time, not in the paper; None: by
+            P(clean) itself, as the paper does).
+        route_temperature: 0: each image runs the Clean BN if P(clean) > route_threshold, else the Adv BN; T > 0:
+            the blend weight is sigmoid((logit P(clean) - logit route_threshold) / T).
     """
     stage_omega_start: List[int]
     stage_omega_count: List[int]
+    route_threshold: Optional[float]
 
     def __init__(
             self,
@@ -128,6 +166,8 @@ class AWNet(nn.Module):
             head_args: Optional[Dict[str, Any]] = None,
             act_layer: LayerType = nn.ReLU,
             norm_layer: LayerType = nn.BatchNorm2d,
+            route_threshold: Optional[float] = None,
+            route_temperature: float = 0.,
             device=None,
             dtype=None,
     ):
@@ -180,6 +220,10 @@ class AWNet(nn.Module):
                 feature=router_feature, signal_init=signal_init, act_layer=act_layer, norm_layer=norm_layer, **dd)
         else:
             self.router = None
+        self.route_threshold = None
+        self.route_temperature = 0.
+        if route_threshold is not None or route_temperature != 0.:
+            self.set_route_threshold(route_threshold, route_temperature)
 
         self.num_features = self.head_hidden_size = prev
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
@@ -196,6 +240,18 @@ class AWNet(nn.Module):
         """Set the route a plain `model(x)` takes: 'auto', 'clean', 'adv' or 'detach'."""
         _check_route(route)
         self.route = route
+
+    @torch.jit.ignore
+    def set_route_threshold(self, threshold: Optional[float], temperature: float = 0.):
+        """Blend MixBN by P(clean) sharpened at `threshold` (see the module docstring); None: by P(clean), as the paper."""
+        _check_route_threshold(threshold, temperature)
+        if threshold is not None and not self.use_type_head:
+            raise ValueError('route_threshold needs a router with a type head (P(clean)); this model has none '
+                             f'(mix_bn={self.mix_bn}, type_head={self.use_type_head})')
+        if threshold is None and temperature != 0.:
+            raise ValueError(f'route_temperature {temperature} sharpens P(clean) at a route_threshold: give one too')
+        self.route_threshold = threshold
+        self.route_temperature = float(temperature)
 
     @torch.jit.ignore
     def set_input_check(self, mode: str):
@@ -257,6 +313,7 @@ class AWNet(nn.Module):
         route = self.route if route is None else route
         _check_route(route)
         x = self._normalize(x)
+        given = router_out
         if self.router is None:  # static, or MixBN without a type head: a forced route picks its BN, else Adv BN
             return x, [], None, route if route == 'clean' or route == 'adv' else 'adv', None
         if router_out is None:
@@ -279,6 +336,12 @@ class AWNet(nn.Module):
             raise ValueError('router_out.p_clean is None, but this model blends MixBN by P(clean)')
         else:
             branch = 'mix'
+            threshold = self.route_threshold
+            if threshold is not None:  # from the router's own logits; a given p_clean (router_out=) is taken as it is
+                type_logits = router_out.type_logits if given is None else None
+                if type_logits is not None and route == 'detach':
+                    type_logits = type_logits.detach()
+                p_clean = sharpen_p_clean(p_clean, threshold, self.route_temperature, type_logits)
         return x, omega, p_clean, branch, router_out
 
     def _stage_omega(self, omega: List[torch.Tensor], i: int) -> List[torch.Tensor]:
