@@ -44,8 +44,8 @@ from ..layers import AdversarialRouter, AWStage, ConvNormAct, HPMHead, RouterOut
     check_pixel_values, input_check_mode
 from .pretrained import check_weights_fit, explain_load_errors, may_be_served
 
-__all__ = ['AWNet', 'ROUTES', 'use_route', 'sharpen_p_clean', 'PUBLISHED_WEIGHTS', 'RELEASED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_CLASSES',
-           'registered_variant']
+__all__ = ['AWNet', 'ROUTES', 'use_route', 'sharpen_p_clean', 'PUBLISHED_WEIGHTS', 'RELEASED_WEIGHTS', 'CIFAR10_MEAN',
+           'CIFAR10_STD', 'CIFAR10_CLASSES', 'registered_variant']
 
 ROUTES = ('auto', 'clean', 'adv', 'detach')
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -243,7 +243,8 @@ class AWNet(nn.Module):
 
     @torch.jit.ignore
     def set_route_threshold(self, threshold: Optional[float], temperature: float = 0.):
-        """Blend MixBN by P(clean) sharpened at `threshold` (see the module docstring); None: by P(clean), as the paper."""
+        """Blend MixBN by P(clean) sharpened at `threshold` (the module docstring says how); None: by P(clean), as the
+        paper does."""
         _check_route_threshold(threshold, temperature)
         if threshold is not None and not self.use_type_head:
             raise ValueError('route_threshold needs a router with a type head (P(clean)); this model has none '
