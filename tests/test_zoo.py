@@ -763,14 +763,18 @@ def test_a_campaign_evaluates_every_student_once_one_reaches_the_gate():
     plan = load_plan('cifar10-cpu')
     stage = next(s for s in plan.stages if s.name == 'evaluate')
     assert plan.campaign and stage.min_holdout_pgd == 0.3
-    run = runner._Run.__new__(runner._Run)  # only the plan and the stages' records are read
+    run = runner._Run.__new__(runner._Run)  # only the plan, the stages' records and the manifest are read
     run.plan, best = plan, {}
+    run.manifest = {'stages': {'evaluate': {'kind': 'evaluate', 'results': {}}}}
     run.record = lambda name: {'best': {'val_pgd_acc': best[name]}} if name in best else {}
     assert run.ready(stage) == []  # nothing trained yet
     best.update(student_awnet_r18_025=0.263, student_cifar_resnet18_025=0.172)
     assert run.ready(stage) == []  # both below: the slice's time goes to training
     best.update(student_awnet_r18_025=0.304, student_cifar_resnet18_025=0.204)
     assert run.ready(stage) == ['student_awnet_r18_025', 'student_cifar_resnet18_025']
+    run.manifest['stages']['evaluate']['results']['student_awnet_r18_025'] = {'complete': True}
+    best.update(student_awnet_r18_025=0.293)  # slice 6: the best checkpoint by W-Robust, below the floor
+    assert run.ready(stage) == ['student_awnet_r18_025', 'student_cifar_resnet18_025']  # evaluated once: from then on
     run.plan = dataclasses.replace(plan, campaign=False)  # a fit run evaluates every student
     best.clear()
     assert run.ready(stage) == ['student_awnet_r18_025', 'student_cifar_resnet18_025']

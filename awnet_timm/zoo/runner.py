@@ -25,8 +25,8 @@ training included, marked by their epochs; `--redo evaluate` asks for all again)
 share only in a slice where a student has new weights or can train, and a model's evaluation that finds no time
 left waits for the next slice (a fit run evaluates at least `n_min` images of every student, even past the deadline).
 A campaign's evaluation takes in its students once one of them has a best holdout PGD accuracy at the stage's
-`min_holdout_pgd`, all of them from then on (the static twin beside AW-Net at equal epochs); until then it holds no
-share for them, and records them as waiting.
+`min_holdout_pgd`, all of them from then on (the static twin beside AW-Net at equal epochs; still once one of them
+has been evaluated, whatever later holdouts say); until then it holds no share for them, and records them as waiting.
 
 A campaign folder that `scripts/campaign_state.py` saved through git and restored on a fresh machine continues
 exactly; the restore is recorded in `manifest['restored']` and in the slice that follows it.
@@ -539,9 +539,11 @@ class _Run:
     def ready(self, stage) -> List[str]:
         """The stage's students it takes in: in a campaign, an evaluation waits until one of them reaches a best holdout
         PGD accuracy of `min_holdout_pgd` (below it no release is in sight, and the slice's time goes to training),
-        then takes them all in, so that each is seen beside the others at the same epochs."""
+        then takes them all in, so that each is seen beside the others at the same epochs, and keeps doing so once
+        one has been evaluated (a later best checkpoint, chosen by W-Robust, may sit a little below the floor)."""
         floor = getattr(stage, 'min_holdout_pgd', 0.) if self.plan.campaign else 0.
-        if not floor or any((self.record(n).get('best') or {}).get('val_pgd_acc', 0.) >= floor for n in stage.students):
+        if (not floor or any((self.record(n).get('best') or {}).get('val_pgd_acc', 0.) >= floor for n in stage.students)
+                or any(latest_evaluation(self.manifest, n) for n in stage.students)):
             return list(stage.students)
         return []
 
