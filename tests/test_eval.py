@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from awnet_timm import AWNet
-from awnet_timm.attacks import AutoAttack, ForcedRoutePGD, JointLossPGD
+from awnet_timm.attacks import AutoAttack, ForcedRoutePGD, JointLossPGD, TwoPhaseAttack
 from awnet_timm.cli import main
 from awnet_timm.data import load_dataset
 from awnet_timm.eval import (
@@ -45,7 +45,8 @@ def test_every_attack_lowers_accuracy_and_the_worst_case_is_below_each(trained_a
     specs = build_suite(model, ['paper', 'router'], eps=8 / 255, router_steps=10)
     specs = [s for s in specs if s.name != 'autoattack']  # AutoAttack has its own test (slow on CPU)
     assert {s.name for s in specs} == {'fgsm', 'pgd_sat', 'pgd_trades', 'cw_inf', 'forced_clean', 'forced_adv',
-                                       'router_detach', 'two_phase', 'signal_match', 'joint_adaptive', 'joint_clean'}
+                                       'router_detach', 'two_phase', 'signal_match', 'joint_adaptive', 'joint_clean',
+                                       'two_phase_clean'}
     result = evaluate_robustness(model, x, y, specs, batch_size=32, sanity=False, progress=False)
     print(f"trained_awnet clean accuracy: {result['clean_acc']:.3f}, worst case {result['worst_case']['robust_acc']:.3f}")
     # seeds 0-4 (--outcome-seeds 5), torch 2.14.1, CPU: clean 0.359 to 0.766, worst case 0.172 to 0.422
@@ -82,6 +83,13 @@ def test_forced_route_attacks_run_the_intended_bn_branch(trained_awnet, val_batc
     for h in hooks:
         h.remove()
     assert seen == {'clean'} and heads and model.route == 'auto'
+    seen.clear()  # two_phase_clean: both phases on the Clean BN path (the evaluator then scores the real model)
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.add(args[2] if len(args) > 2 else 'mix'))
+             for m in model.modules() if isinstance(m, MixBatchNorm2d)]
+    TwoPhaseAttack(model, steps=3, route='clean').perturb(x[:8], y[:8])
+    for h in hooks:
+        h.remove()
+    assert seen == {'clean'} and model.route == 'auto'
     without = JointLossPGD(model, 0.0, route='clean', steps=5).perturb(x[:8], y[:8])  # the type term left out
     with torch.no_grad():  # the type term is what raises P(clean)
         p_with, p_without = model.forward_router(x_adv).p_clean, model.forward_router(without).p_clean
@@ -253,13 +261,13 @@ def test_random_start_step_sizes_and_kept_iterate_follow_the_options_and_are_rec
         expected = {'pgd_sat': 2 / 255 * scale, 'pgd_trades': 0.003 * scale, 'cw_inf': 0.003 * scale,
                     'forced_clean': 2 / 255 * scale, 'forced_adv': 2 / 255 * scale, 'router_detach': 2 / 255 * scale,
                     'signal_match': 2 / 255 * scale, 'joint_adaptive': 0.003 * scale, 'two_phase': 2.5 * eps / 100,
-                    'joint_clean': 2 / 255 * scale}
+                    'joint_clean': 2 / 255 * scale, 'two_phase_clean': 2.5 * eps / 100}
         for name, step in expected.items():
             attack = specs[name].build(model)
             assert attack.step_size == pytest.approx(step) and specs[name].params['step_size'] == attack.step_size, name
             assert attack.random_start == 'none' and specs[name].params['random_start'] == 'none', name
             assert attack.eps == eps
-            if name != 'two_phase':
+            if not name.startswith('two_phase'):
                 assert attack.keep == 'best' and specs[name].params['keep'] == 'best', name
     assert build_suite(model, ['pgd_trades'])[0].params['step_size'] == 0.003  # the paper's protocol, unchanged at 8/255
     assert build_suite(model, ['cw_inf'], cw_step=0.01)[0].params['step_size'] == 0.01  # an explicit step is used as given

@@ -8,7 +8,8 @@ every result on the real model (route auto), and reports the per-sample worst ca
 - `LinfPGD(model, route='detach')` (A3) needs no class: the router's outputs are used in the forward
   pass and treated as constants in the backward pass (straight-through).
 - `TwoPhaseAttack` (A4, Tramer et al. 2020): margin loss until the sample is misclassified, then
-  raise log P(clean) while it stays misclassified (attack the classifier and the detector together).
+  raise log P(clean) while it stays misclassified (attack the classifier and the detector together). With
+  `route='clean'` (`two_phase_clean`) both phases run on the Clean BN path.
 - `SignalMatchPGD` (A5): cross-entropy minus a penalty that keeps every signal omega_j(x') near
   omega_j(x), so the weights the router picks stay those of the clean input.
 - `JointLossPGD`: the paper's adaptive attack (Sec. 5.3.4): PGD-trades on cross-entropy plus the type

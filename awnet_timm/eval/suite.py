@@ -5,8 +5,10 @@ the attack for a target model. `build_suite` expands group names:
 - 'paper': fgsm, pgd_sat (20 x 2/255), pgd_trades (20 x 0.003), cw_inf (30 steps, margin loss), autoattack
   (the AW-Net paper's protocol, Sec. 5.1, with AutoAttack 'standard');
 - 'router' (AW-Net only, docs/evaluation.md section 6): forced_clean, forced_adv, router_detach, two_phase,
-  signal_match, joint_adaptive (the paper's own adaptive attack), joint_clean (its type term with the cross-entropy of
-  the Clean BN path: the attack on a sharpened route, `route_threshold`);
+  signal_match, joint_adaptive (the paper's own adaptive attack), and two attacks on a sharpened route
+  (`route_threshold`), which sends an image down the Clean BN path only when P(clean) is high: joint_clean (the type
+  term with the cross-entropy of that path) and two_phase_clean (two_phase on that path: fool it, then raise P(clean)
+  while it stays fooled);
 - 'blackbox': square (AutoAttack's Square, 5,000 queries);
 - 'transfer' (needs surrogates): transfer_<name> (PGD-sat on each surrogate) and msa (AutoAttack on
   every surrogate, per-sample first success).
@@ -33,7 +35,8 @@ __all__ = ['AttackSpec', 'GROUPS', 'PROTOCOL_EPS', 'ATTACK_NAMES', 'build_suite'
 
 GROUPS = {
     'paper': ('fgsm', 'pgd_sat', 'pgd_trades', 'cw_inf', 'autoattack'),
-    'router': ('forced_clean', 'forced_adv', 'router_detach', 'two_phase', 'signal_match', 'joint_adaptive', 'joint_clean'),
+    'router': ('forced_clean', 'forced_adv', 'router_detach', 'two_phase', 'signal_match', 'joint_adaptive', 'joint_clean',
+               'two_phase_clean'),
     'blackbox': ('square',),
     'transfer': ('transfer', 'msa'),
 }
@@ -176,10 +179,12 @@ def build_suite(
                                         lambda m, f=forced: ForcedRoutePGD(m, f, **pgd)))
             elif name == 'router_detach':
                 specs.append(pgd_spec(name, eps, step, router_steps, 'ce', random_start, kind='router', route='detach'))
-            elif name == 'two_phase':
+            elif name in ('two_phase', 'two_phase_clean'):  # _clean: both phases on the Clean BN path
                 two = dict(eps=eps, steps=100, step_size=2.5 * eps / 100, random_start=random_start)
+                if name == 'two_phase_clean':
+                    two['route'] = 'clean'
                 specs.append(AttackSpec(name, 'router', dict(attack='TwoPhaseAttack', **two, keep='best P(clean) among fooling'),
-                                        lambda m: TwoPhaseAttack(m, **two)))
+                                        lambda m, two=two: TwoPhaseAttack(m, **two)))
             elif name == 'signal_match':
                 specs.append(AttackSpec(name, 'router', dict(attack='SignalMatchPGD', penalty=1.0, **pgd),
                                         lambda m: SignalMatchPGD(m, 1.0, **pgd)))
