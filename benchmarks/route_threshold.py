@@ -28,23 +28,18 @@ from awnet_timm.utils import atomic_write_text
 
 def router_logit_and_logits(model, x, batch_size=250):
     """logit P(clean) (the router's type-logit difference, float32: P(clean) itself rounds to 1 near the top) and the
-    model's class logits."""
-    z, logits = [], []
+    class logits of the soft blend, of the Clean BN path and of the Adv BN path. A hard threshold t gives each image the
+    logits of one path (tests/test_awnet.py holds it to that), so every t is scored from these without another pass."""
+    z, soft, clean, adv = [], [], [], []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            out, router = model.forward_with_router(x[i:i + batch_size])
+            xb = x[i:i + batch_size]
+            out, router = model.forward_with_router(xb)
             z.append(router.type_logits[:, 1].float() - router.type_logits[:, 0].float())
-            logits.append(out.float())
-    return torch.cat(z), torch.cat(logits)
-
-
-def thresholded_accuracy(model, x, y, threshold, batch_size=250):
-    model.set_route_threshold(threshold)
-    try:
-        with torch.no_grad():
-            return float(torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]).eq(y).float().mean())
-    finally:
-        model.set_route_threshold(None)
+            soft.append(out.float())
+            clean.append(model.forward_with_router(xb, route='clean', router_out=router)[0].float())
+            adv.append(model.forward_with_router(xb, route='adv', router_out=router)[0].float())
+    return torch.cat(z), torch.cat(soft), torch.cat(clean), torch.cat(adv)
 
 
 def main():
@@ -71,7 +66,8 @@ def main():
     held = train.subset(len(train) - args.holdout)
     x, y = held.images.float() / 255, held.labels
     start = time.time()
-    z_clean, logits = router_logit_and_logits(model, x)
+    clean_pass = router_logit_and_logits(model, x)
+    z_clean = clean_pass[0]
     quantiles = sorted({0.001, args.keep_clean / 10, args.keep_clean, min(0.5, args.keep_clean * 5)})
     z_of = {q: float(torch.quantile(z_clean.double(), q)) for q in quantiles}
     candidates = {q: 1 / (1 + math.exp(-z)) for q, z in z_of.items()}  # t = sigmoid(logit quantile)
@@ -84,12 +80,14 @@ def main():
                 'forced_clean pgd10': (ForcedRoutePGD(model, 'clean', **pgd).perturb(xa, ya), ya)}
     rows = []
     for name, (inputs, labels) in examples.items():
-        z, out = (z_clean, logits) if name == 'clean' else router_logit_and_logits(model, inputs)
+        z, out, on_clean, on_adv = clean_pass if name == 'clean' else router_logit_and_logits(model, inputs)
         row = {'inputs': name, 'n': len(labels), 'p_clean_mean': float(torch.sigmoid(z).mean()),
                'accuracy_soft': float(out.argmax(1).eq(labels).float().mean()), 'thresholds': {}}
         for q, t in candidates.items():
-            row['thresholds'][f'{t:.9g}'] = {'quantile': q, 'share_on_clean_bn': float((z > z_of[q]).float().mean()),
-                                             'accuracy': thresholded_accuracy(model, inputs, labels, t)}
+            up = z > z_of[q]  # these run the Clean BN path at threshold t
+            routed = torch.where(up[:, None], on_clean, on_adv)
+            row['thresholds'][f'{t:.9g}'] = {'quantile': q, 'share_on_clean_bn': float(up.float().mean()),
+                                             'accuracy': float(routed.argmax(1).eq(labels).float().mean())}
         rows.append(row)
     result = {'model': args.model, 'weights': weights, 'holdout': f'last {args.holdout} CIFAR-10 training images (JPEG copy)',
               'n_attack': args.n_attack, 'rule': f'the {args.keep_clean} quantile of P(clean) on the clean holdout images',
