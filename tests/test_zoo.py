@@ -204,14 +204,16 @@ def test_next_epoch_is_given_the_slowest_recent_epoch_but_not_one_paused_for_an_
 
 
 _CHILD = '''
-import importlib.util, sys, time
+import importlib.util, signal, sys, time
 spec = importlib.util.spec_from_file_location('timing', sys.argv[3])  # the module alone: no timm to import
 timing = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(timing)
+done = []
+signal.signal(signal.SIGUSR1, lambda *_: done.append(1))  # the parent's word that it is finished with the child
 with timing.StoppedClock(tick=0.05, gap=0.5) as clock:
     print('ready', flush=True)
     n, t, blocks = 10 ** 6, time.time(), []
-    while time.time() - t < float(sys.argv[1]):
+    while not done if sys.argv[1] == 'until-told' else time.time() - t < float(sys.argv[1]):
         s = time.time()
         sum(range(n))  # one C call: it holds the GIL, so the clock's thread wakes late, with the CPU busy
         blocks.append(time.time() - s)
@@ -228,7 +230,7 @@ def test_the_stopped_clock_counts_a_kill_stop_but_not_a_busy_process():
 
     def run(seconds, blocks, stop_for=0.0):
         import awnet_timm.timing
-        child = subprocess.Popen([sys.executable, '-c', _CHILD, str(seconds), blocks, awnet_timm.timing.__file__],
+        child = subprocess.Popen([sys.executable, '-c', _CHILD, seconds, blocks, awnet_timm.timing.__file__],
                                  stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == 'ready'
         if stop_for:
@@ -236,14 +238,18 @@ def test_the_stopped_clock_counts_a_kill_stop_but_not_a_busy_process():
             child.send_signal(signal.SIGSTOP)
             time.sleep(stop_for)
             child.send_signal(signal.SIGCONT)
+            time.sleep(1.0)  # busy again for a second: the clock's thread wakes before the reading
+            child.send_signal(signal.SIGUSR1)
         out, _ = child.communicate(timeout=120)
         stopped, longest_block = map(float, out.split())
         return stopped, longest_block
 
-    stopped, longest_block = run(4.0, 'long')
+    stopped, longest_block = run('4.0', 'long')
     assert longest_block > 0.5 and stopped == 0.0  # busy past the gap, holding the GIL: not a stop
-    stopped, _ = run(3.0, 'short', stop_for=2.5)
-    assert 2.0 < stopped < 3.0, stopped  # busy in short calls (as torch's, which let the GIL go), stopped for 2.5 s
+    # busy in short calls (as torch's, which let the GIL go), stopped for 2.5 s; the child runs until told, so the stop
+    # falls inside its loop however late this process is (a child on a clock of its own could end before the stop)
+    stopped, _ = run('until-told', 'short', stop_for=2.5)
+    assert 2.0 < stopped < 3.5, stopped
 
 
 def test_merge_chunks_equals_one_evaluation():
