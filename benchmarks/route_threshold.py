@@ -42,6 +42,18 @@ def router_logit_and_logits(model, x, batch_size=250):
     return torch.cat(z), torch.cat(soft), torch.cat(clean), torch.cat(adv)
 
 
+def score_thresholds(z, on_clean, on_adv, labels, logit_thresholds):
+    """For each threshold (as a logit of P(clean)): the share of images that run the Clean BN path (logit above it) and
+    the accuracy of the thresholded model, each image scored by the logits of its path."""
+    scores = []
+    for zt in logit_thresholds:
+        up = z > zt
+        routed = torch.where(up[:, None], on_clean, on_adv)
+        scores.append({'share_on_clean_bn': float(up.float().mean()),
+                       'accuracy': float(routed.argmax(1).eq(labels).float().mean())})
+    return scores
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', required=True, help="an AW-Net as awnet eval takes it (local-dir:FOLDER, NAME=CHECKPOINT)")
@@ -83,11 +95,9 @@ def main():
         z, out, on_clean, on_adv = clean_pass if name == 'clean' else router_logit_and_logits(model, inputs)
         row = {'inputs': name, 'n': len(labels), 'p_clean_mean': float(torch.sigmoid(z).mean()),
                'accuracy_soft': float(out.argmax(1).eq(labels).float().mean()), 'thresholds': {}}
-        for q, t in candidates.items():
-            up = z > z_of[q]  # these run the Clean BN path at threshold t
-            routed = torch.where(up[:, None], on_clean, on_adv)
-            row['thresholds'][f'{t:.9g}'] = {'quantile': q, 'share_on_clean_bn': float(up.float().mean()),
-                                             'accuracy': float(routed.argmax(1).eq(labels).float().mean())}
+        scores = score_thresholds(z, on_clean, on_adv, labels, [z_of[q] for q in candidates])
+        for (q, t), score in zip(candidates.items(), scores):
+            row['thresholds'][f'{t:.9g}'] = dict(quantile=q, **score)
         rows.append(row)
     result = {'model': args.model, 'weights': weights, 'holdout': f'last {args.holdout} CIFAR-10 training images (JPEG copy)',
               'n_attack': args.n_attack, 'rule': f'the {args.keep_clean} quantile of P(clean) on the clean holdout images',

@@ -143,6 +143,33 @@ def test_hard_route_threshold_runs_one_bn_branch_per_image():
     torch.testing.assert_close(model(x), soft)
 
 
+def test_route_threshold_benchmark_scores_each_threshold_as_the_thresholded_model_does():
+    """benchmarks/route_threshold.py scores every threshold from one pass per BN path; the thresholded model agrees."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'route_threshold.py')
+    spec = importlib.util.spec_from_file_location('route_threshold', path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # the counting, by hand: the Clean BN path is right, the Adv BN path wrong, on every image
+    z, labels = torch.tensor([-1., .5, 2.]), torch.tensor([0, 1, 2])
+    on_clean, on_adv = torch.eye(3), torch.eye(3).roll(1, 1)
+    scores = bench.score_thresholds(z, on_clean, on_adv, labels, [-2., 0., 1., 3.])
+    assert [s['share_on_clean_bn'] for s in scores] == pytest.approx([1, 2 / 3, 1 / 3, 0])
+    assert [s['accuracy'] for s in scores] == pytest.approx([1, 2 / 3, 1 / 3, 0])
+    # the premise: a thresholded model gives each image the logits of its path, as the benchmark scores it
+    torch.manual_seed(0)
+    model = _trained_stats(_tiny())
+    x = torch.rand(12, 3, 32, 32)
+    z, soft, on_clean, on_adv = bench.router_logit_and_logits(model, x, batch_size=5)
+    torch.testing.assert_close(soft, model(x), rtol=1e-4, atol=1e-4)  # batches of 5 against one of 12
+    zs = z.sort().values
+    for zt in (float(zs[0]) - 1, float(zs[3] + zs[4]) / 2, float(zs[8] + zs[9]) / 2):  # 12, 8 and 3 on Clean BN
+        model.set_route_threshold(1 / (1 + math.exp(-zt)))
+        torch.testing.assert_close(model(x), torch.where((z > zt)[:, None], on_clean, on_adv), rtol=1e-4, atol=1e-4)
+    model.set_route_threshold(None)
+
+
 @pytest.mark.parametrize('temperature', [0.5, 2.0])
 def test_route_temperature_blends_by_the_sharpened_p_clean(temperature):
     model = _trained_stats(_tiny(route_threshold=0.3, route_temperature=temperature))
