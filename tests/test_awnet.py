@@ -111,14 +111,16 @@ def test_detach_route_equals_auto_forward():
 def _per_sample_reference(model: AWNet, x: torch.Tensor, weight) -> torch.Tensor:
     """The slow, obvious route: each image alone, MixBN blended by weight(its P(clean)) given as a router output
     (to the model without its threshold, which would otherwise apply on top of the given value)."""
-    kept = model.route_threshold, model.route_temperature
+    kept, bound = (model.route_threshold, model.route_temperature), model.clean_share_max
     model.set_route_threshold(None)
+    model.set_clean_share_max(1.)
     rows = []
     for i in range(len(x)):
         r = model.forward_router(x[i:i + 1])
         given = RouterOutput(r.type_logits, weight(r.p_clean), r.omega)
         rows.append(model.forward_with_router(x[i:i + 1], router_out=given)[0])
     model.set_route_threshold(*kept)
+    model.set_clean_share_max(bound)
     return torch.cat(rows)
 
 
@@ -218,6 +220,43 @@ def test_route_threshold_through_timm_and_bad_values():
             _tiny(**kwargs)
     with pytest.raises(ValueError, match='needs a router with a type head'):
         timm.create_model('cifar_resnet18_025', route_threshold=0.5)
+
+
+@pytest.mark.parametrize('bound', [0.0, 0.3, 0.8])
+def test_bounded_routing_blends_by_the_capped_p_clean(bound):
+    model = _trained_stats(_tiny(clean_share_max=bound))
+    x = torch.rand(4, 3, 32, 32)
+    torch.testing.assert_close(model(x), _per_sample_reference(model, x, lambda q: bound * q), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.forward_features(x, route='detach'), model.forward_features(x))
+    if bound == 0.:  # the Adv BN alone, signals still the router's
+        torch.testing.assert_close(model(x), model.forward_with_router(x, route='adv')[0])
+    with use_route(model, 'clean'):  # a forced route ignores the bound
+        torch.testing.assert_close(model(x), model.forward_with_router(x, route='clean')[0])
+
+
+def test_bounded_routing_applies_to_given_router_outputs_and_on_top_of_a_threshold():
+    model = _trained_stats(_tiny(clean_share_max=0.5))
+    x = torch.rand(4, 3, 32, 32)
+    r = model.forward_router(x)
+    model.set_clean_share_max(1.)
+    halved = model.forward_features(x, router_out=RouterOutput(r.type_logits, 0.5 * r.p_clean, r.omega))
+    model.set_clean_share_max(0.5)
+    torch.testing.assert_close(model.forward_features(x, router_out=r), halved)  # training passes router_out
+    t = float(r.p_clean.detach().median())
+    model.set_route_threshold(t)
+    torch.testing.assert_close(model(x), _per_sample_reference(model, x, lambda q: 0.5 * (q > t).float()),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_bounded_routing_through_timm_and_bad_values():
+    model = timm.create_model('awnet_r18_025', clean_share_max=0.25)
+    assert model.clean_share_max == 0.25
+    for bad in (1.5, -0.1, '0.5', True, float('nan')):
+        with pytest.raises(ValueError, match=r'clean_share_max must be a number in \[0, 1\]'):
+            _tiny(clean_share_max=bad)
+    with pytest.raises(ValueError, match='no router type head'):
+        timm.create_model('cifar_resnet18_025', clean_share_max=0.5)
+    assert timm.create_model('cifar_resnet18_025', clean_share_max=1.0).clean_share_max == 1.
 
 
 def test_use_route_sets_and_restores():

@@ -189,7 +189,7 @@ def test_awnet_eval_and_filters_commands(cifar10_root, trained_awnet, tmp_path, 
     assert main(['eval', '--model', 'cifar_resnet18', '--model-kwargs', tiny, '--data-dir', cifar10_root, '--n', '8',
                  '--attacks', 'fgsm', 'pgd_sat', '--batch-size', '8', '--no-sanity', '--no-progress', '--out', str(out)]) == 0
     record = json.loads(out.read_text())
-    assert record['data']['description'] == 'first 8 CIFAR-10 test-exact images (exact pixels)'
+    assert record['data']['description'] == 'first 8 CIFAR-10 test-exact images (exact pixels, the development set)'
     assert record['data']['exact_pixels'] and [a['name'] for a in record['attacks']] == ['fgsm', 'pgd_sat']
     assert (tmp_path / 'report.md').is_file()
     assert main(['plot', str(out), str(out), '--labels', 'a', 'b', '--out', str(tmp_path / 't.png')]) == 0
@@ -420,6 +420,22 @@ def test_imagefolder_evaluation_says_which_images_it_took(digits):
     for n in (0, -3):
         with pytest.raises(ValueError, match=f'--n must be a positive number of images, got {n}'):
             load_eval_data('imagefolder', digits, 'val', n)
+
+
+def test_the_report_set_is_the_exact_test_images_from_500_and_says_so(cifar10_root):
+    x_all, y_all, _ = load_eval_data('cifar10-offline', cifar10_root, 'test-exact', None)
+    x, y, info = load_eval_data('cifar10-offline', cifar10_root, 'test-exact', 517, start=500)
+    assert torch.equal(x, x_all[500:]) and torch.equal(y, y_all[500:]) and (info['start'], info['n']) == (500, 517)
+    assert info['description'] == 'CIFAR-10 test-exact images 500-1016 (517) (exact pixels, the report set)'
+    _, _, dev = load_eval_data('cifar10-offline', cifar10_root, 'test-exact', 500)
+    assert dev['description'] == 'first 500 CIFAR-10 test-exact images (exact pixels, the development set)'
+    assert 'start' not in dev  # records of the first n images read as before
+    _, _, both = load_eval_data('cifar10-offline', cifar10_root, 'test-exact', 1000)
+    assert both['description'] == 'first 1000 CIFAR-10 test-exact images (exact pixels)'  # spans both sets: neither
+    for start, n, match in ((500, 1000, 'only 517 from there'), (1017, None, 'only 0 from there'),
+                            (-1, 5, 'an image index >= 0')):
+        with pytest.raises(ValueError, match=match):
+            load_eval_data('cifar10-offline', cifar10_root, 'test-exact', n, start=start)
 
 
 def test_plots_keep_labels_apart_and_accuracy_above_zero(tmp_path):

@@ -133,6 +133,23 @@ def test_export_refuses_a_record_of_another_file(tiny_run, tmp_path):
         export_checkpoint(static, str(tmp_path / 'static'), eval_record=fp32_record)
 
 
+def test_export_refuses_a_record_made_with_other_test_time_model_arguments(tiny_run, tmp_path):
+    """A record of the thresholded or bounded model does not describe a folder that loads the paper's soft blend."""
+    out = tmp_path / 'export'
+    export_checkpoint(tiny_run, str(out))
+    weights = str(out / 'model.safetensors')
+    for kwargs, what in (({'route_threshold': 0.9}, 'route_threshold=0.9'), ({'clean_share_max': 0.5}, 'clean_share_max=0.5')):
+        path, _ = eval_record(weights, str(tmp_path / 'thresholded.json'), model_kwargs=kwargs)
+        with pytest.raises(HubReleaseError, match=f'made with {what}, but the export loads'):
+            export_checkpoint(tiny_run, str(out), eval_record=path, overwrite=True)
+        path, _ = eval_record(weights, str(tmp_path / 'local.json'), model=f'local-dir:{out}', model_kwargs=kwargs)
+        with pytest.raises(HubReleaseError, match=f'made with {what}, but the export loads'):
+            export_checkpoint(tiny_run, str(out), eval_record=path, overwrite=True)
+    for kwargs in ({}, {'clean_share_max': 1.0}, {'route_threshold': None}):  # the paper's blend, said or not
+        path, _ = eval_record(weights, str(tmp_path / 'plain.json'), model_kwargs=kwargs)
+        export_checkpoint(tiny_run, str(out), eval_record=path, overwrite=True)
+
+
 @pytest.mark.parametrize('change, message', [
     (dict(clean_acc=90.3), "'clean_acc' = 90.3 is not a fraction in \\[0, 1\\]"),
     (dict(awnet_eval_version=2), 'awnet_eval_version 2 is not supported'),

@@ -16,21 +16,42 @@ from .suite import GROUPS, build_suite, validate_suite_args
 
 __all__ = ['add_eval_parser', 'add_plot_parser', 'add_filters_parser', 'load_eval_data', 'load_model', 'weights_file']
 
+# The exact CIFAR-10 test images in two: the development set may choose anything (release bars, thresholds, plans);
+# the report set scores each released model once and chooses nothing. [start, stop) indices of split test-exact.
+IMAGE_SETS = {'development': (0, 500), 'report': (500, 1017)}
 _DEFAULT_SPLIT = {'cifar10-offline': 'test-exact', 'cifar10': 'test', 'cifar100': 'test', 'imagefolder': 'val'}
 
 
-def load_eval_data(dataset: str, data_dir: str, split: str, n: Optional[int], img_size: Optional[int] = None,
-                   in_chans: int = 3) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
-    """ n images of a split (None: all) as [0, 1] pixels, and a description of what was taken.
+def image_set_name(dataset: str, split: str, start: int, stop: int) -> str:
+    """'development set' or 'report set' for a range of the exact CIFAR-10 test images within one of them, else ''."""
+    if dataset != 'cifar10-offline' or split != 'test-exact':
+        return ''
+    for name, (lo, hi) in IMAGE_SETS.items():
+        if lo <= start and stop <= hi:
+            return f'{name} set'
+    return ''
 
-    CIFAR: the first n in the official order. ImageFolder (no official order): a fixed random subset
-    (seed 0, kept in folder order) when n is below the folder's size, else all of it.
+
+def load_eval_data(dataset: str, data_dir: str, split: str, n: Optional[int], img_size: Optional[int] = None,
+                   in_chans: int = 3, start: int = 0) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    """ n images of a split (None: all) from image `start` on, as [0, 1] pixels, and a description of what was taken.
+
+    CIFAR: images start .. start+n-1 in the official order. ImageFolder (no official order): a fixed random subset
+    (seed 0, kept in folder order) when n is below the folder's size, else all of it (no `start`).
     """
     if n is not None and n < 1:
         raise ValueError(f'--n must be a positive number of images, got {n}')
-    data = load_dataset(dataset, data_dir, split, limit=n, img_size=img_size, in_chans=in_chans)
-    if n is not None and len(data) < n:
-        raise ValueError(f'asked for {n} images of {dataset}/{split}, which has only {len(data)}')
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f'--start must be an image index >= 0, got {start!r}')
+    if start and dataset == 'imagefolder':
+        raise ValueError('--start takes CIFAR images from an index on; an ImageFolder has no official order: use --n')
+    data = load_dataset(dataset, data_dir, split, limit=None if n is None else start + n, img_size=img_size,
+                        in_chans=in_chans)
+    if start >= len(data) or (n is not None and len(data) < start + n):
+        have = len(data) - start
+        raise ValueError(f'asked for {n or "all"} images of {dataset}/{split} from image {start}, which has only '
+                         f'{max(have, 0)} from there ({len(data)} in all)')
+    data = data.subset(start)
     kind = {'test-exact': 'exact pixels', 'test': 'JPEG copy, not bit-exact', 'train': 'JPEG copy, not bit-exact'}
     if dataset == 'imagefolder':
         from torchvision.datasets import ImageFolder
@@ -40,12 +61,20 @@ def load_eval_data(dataset: str, data_dir: str, split: str, n: Optional[int], im
         what = (f'{len(data)} of the {total} ImageFolder {split} images (a fixed random subset, seed 0)' if subset
                 else f'all {total} ImageFolder {split} images')
     else:
-        order = 'official (first n, no shuffle)'
-        what = f"first {len(data)} {'CIFAR-10' if dataset.startswith('cifar10') else dataset} {split} images"
+        name = 'CIFAR-10' if dataset.startswith('cifar10') else dataset
+        if start:
+            order = f'official, images {start}-{start + len(data) - 1} (no shuffle)'
+            what = f'{name} {split} images {start}-{start + len(data) - 1} ({len(data)})'
+        else:
+            order = 'official (first n, no shuffle)'
+            what = f'first {len(data)} {name} {split} images'
     if dataset == 'cifar10-offline':
-        what += f" ({kind.get(split, split)})"
+        image_set = image_set_name(dataset, split, start, start + len(data))
+        what += f" ({kind.get(split, split)}{', the ' + image_set if image_set else ''})"
     info = {'dataset': dataset, 'split': split, 'n': len(data), 'order': order,
             'exact_pixels': not (dataset == 'cifar10-offline' and split != 'test-exact'), 'description': what}
+    if start:
+        info['start'] = start
     if img_size is not None:
         info['img_size'] = img_size
     return data.images.float() / 255, data.labels, info
@@ -139,7 +168,7 @@ def run_eval(args) -> int:
                         router_steps=args.router_steps, square_queries=args.square_queries, aa_version=args.aa_version,
                         seed=args.seed, batch_size=args.aa_batch_size, surrogates=surrogates, progress=args.progress)
     split = args.split or _DEFAULT_SPLIT[args.dataset]
-    x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, _in_chans(model))
+    x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, _in_chans(model), args.start)
     print(f"awnet eval: {spec} on {info['description']}, {device}, attacks: {', '.join(s.name for s in specs)}")
     sha = sha256_file(weights) if weights else None
     if args.resume and sha is None:
@@ -193,6 +222,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--split', default='', help="split (default: test-exact for cifar10-offline, test for cifar10/100, val for imagefolder)")
     p.add_argument('--n', type=int, default=1000,
                    help='images: the first N in official order (ImageFolder: a fixed random subset) (default: %(default)s)')
+    p.add_argument('--start', type=int, default=0,
+                   help='first image index (CIFAR): of the exact test images, 0-499 are the development set and 500-1016 '
+                        'the report set (--start 500 --n 517) (default: %(default)s)')
     p.add_argument('--img-size', type=int, default=None,
                    help='resize ImageFolder images to this size (needed when their sizes differ; default: as they are)')
     p.add_argument('--attacks', nargs='+', default=['paper', 'router'], metavar='NAME',

@@ -10,8 +10,9 @@ the attack for a target model. `build_suite` expands group names:
   term with the cross-entropy of that path) and two_phase_clean (two_phase on that path: fool it, then raise P(clean)
   while it stays fooled);
 - 'blackbox': square (AutoAttack's Square, 5,000 queries);
-- 'transfer' (needs surrogates): transfer_<name> (PGD-sat on each surrogate) and msa (AutoAttack on
-  every surrogate, per-sample first success).
+- 'transfer' (needs surrogates): transfer_pgd, recorded as transfer_<name> (PGD-20 on each surrogate, e.g. AW-Net's
+  static twin: Tramer et al.'s transfer from a twin without the defence), and msa (AutoAttack on every surrogate,
+  per-sample first success).
 A model with an HPM head also gets, unasked, its FC surrogate (`hpm_fc`) and the 'transfer' and 'blackbox'
 groups, as its paper evaluates it (MSA), whoever builds the suite (`awnet eval`, the zoo's evaluate stage).
 `validate_suite_args` checks names and numbers without a model, so a plan can be checked before any training.
@@ -38,7 +39,7 @@ GROUPS = {
     'router': ('forced_clean', 'forced_adv', 'router_detach', 'two_phase', 'signal_match', 'joint_adaptive', 'joint_clean',
                'two_phase_clean'),
     'blackbox': ('square',),
-    'transfer': ('transfer', 'msa'),
+    'transfer': ('transfer_pgd', 'msa'),
 }
 
 ATTACK_NAMES = tuple(n for g in GROUPS.values() for n in g)
@@ -195,10 +196,10 @@ def build_suite(
             else:  # joint_clean: the Clean BN path's cross-entropy, P(clean) pushed up, signals from x'
                 specs.append(AttackSpec(name, 'router', dict(attack='JointLossPGD', weight=1.0, route='clean', **pgd),
                                         lambda m: JointLossPGD(m, 1.0, route='clean', **pgd)))
-        elif name in ('transfer', 'msa'):
+        elif name in GROUPS['transfer']:
             if not surrogates:
                 raise ValueError(f"attack '{name}' needs surrogate models (--surrogate NAME=CHECKPOINT)")
-            if name == 'transfer':
+            if name == 'transfer_pgd':
                 for s_name, s_model in surrogates.items():
                     specs.append(AttackSpec(f'transfer_{s_name}', 'transfer',
                                             dict(attack='LinfPGD', surrogate=s_name, eps=eps, step_size=step, steps=20,

@@ -203,12 +203,26 @@ def _record_architecture(model: str) -> Optional[str]:
     return config.get('architecture') if isinstance(config, dict) else None
 
 
+# Model arguments that change what a trained AW-Net computes at test time, with the value that means "as the paper"
+TEST_TIME_ARGS = {'route_threshold': None, 'route_temperature': 0., 'clean_share_max': 1.}
+
+
 def check_eval_record(record: Dict[str, Any], architecture: str, sha256: str, weights_path: str,
-                      trained_as: Optional[str] = None) -> None:
-    """Refuse a record made on another architecture or on another file than `weights_path` (sha256 `sha256`);
+                      trained_as: Optional[str] = None, model_args: Optional[Dict[str, Any]] = None) -> None:
+    """Refuse a record made on another architecture, on another file than `weights_path` (sha256 `sha256`), or with
+    test-time model arguments (route threshold, bounded routing) other than those the export's `model_args` load;
     `trained_as`: the base model a compact variant was trained (and evaluated) as, e.g. cifar_resnet18."""
     if _record_architecture(record['model']) not in (architecture, trained_as, None):
         raise HubReleaseError(f"the evaluation record is of model '{record['model']}', the export is '{architecture}'")
+    given, loads = record.get('model_kwargs') or {}, model_args or {}
+    if record['model'].startswith('local-dir:'):  # the folder's own arguments, then the record's on top
+        given = {**loads, **given}
+    for key, default in TEST_TIME_ARGS.items():
+        if given.get(key, default) != loads.get(key, default):
+            raise HubReleaseError(
+                f"the evaluation record was made with {key}={given.get(key, default)!r}, but the export loads "
+                f"{key}={loads.get(key, default)!r}: its numbers are of another model. Evaluate the export as it loads "
+                f"(`awnet eval --model local-dir:<export folder>` without --model-kwargs), or train with the argument")
     if record['checkpoint_sha256'] != sha256:
         raise HubReleaseError(
             f"the evaluation record was made on a file with sha256 {record['checkpoint_sha256']} "
@@ -321,6 +335,12 @@ def _recipe_lines(cfg: TrainConfig, info: CardInfo) -> List[str]:
     if cfg.recipe != 'standard':
         lines.append(f'- **Training attack:** {_training_attack(cfg)}, model in {cfg.attack_bn} mode while attacking'
                      + (f", AW-Net route '{cfg.attack_route}'" if awnet else ''))
+    if awnet and cfg.recipe in ('mtard', 'pgd_at'):
+        lines.append('- **Router training:** ' + (
+            f'router-aware (not in the paper): {cfg.router_aware:g} of each batch also attacked with the router\'s '
+            f'outputs held constant and P(clean) pushed up (random weight up to 0.4, eps scaled by 0.4-1.1), labelled '
+            f'adversarial and trained through the router\'s own route' if cfg.router_aware else
+            "the paper's (the training attack on the Adv BN path only)"))
     if cfg.recipe == 'mtard' and cfg.kl_reduction != 'mean':
         lines.append(f"- **Distillation KL:** `{cfg.kl_reduction}` (summed over the classes, averaged over the batch; "
                      f"MTARD's code averages over batch x classes)")
@@ -396,7 +416,9 @@ def _eval_section(record: Dict[str, Any], info: CardInfo) -> List[str]:
                f"{', '.join(worst['attacks'])} | **{pct(worst['robust_acc'])}** | **{pct(worst['w_robust_acc'])}** | - | - | - |")
     if record['router']:
         out += ['', f"The router's mean P(clean) on the clean images: {record['router']['p_clean_clean_mean']:.3f}."]
-    if record['sanity']:
+    if not record['sanity']:
+        out += ['', '**Sanity checks** (Carlini et al. 2019): not run for this record.']
+    else:
         out += ['', '**Sanity checks** (Carlini et al. 2019):', '', '| check | passed | detail |', '|---|---|---|']
         out += [f"| {_cell(c['check'])} | {'yes' if c['passed'] else '**NO**'} | {_cell(c['detail'])} |" for c in record['sanity']]
     out += ['', 'RobustBench `model_info` record:', '', '```json', json.dumps(record['model_info'], indent=2), '```', '',

@@ -246,7 +246,8 @@ def export_checkpoint(
                     safe_serialization=True)
         sha = sha256_file(os.path.join(tmp, 'model.safetensors'))
         if record is not None:
-            check_eval_record(record, architecture, sha, os.path.join(out_dir, 'model.safetensors'), trained_as)
+            check_eval_record(record, architecture, sha, os.path.join(out_dir, 'model.safetensors'), trained_as,
+                              model_args)
             record = _shipped_record(record, architecture)  # the card shows it too: no local path in either
             _write_json(os.path.join(tmp, 'awnet_eval.json'), record)
         with open(os.path.join(tmp, 'config.json')) as f:

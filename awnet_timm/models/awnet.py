@@ -25,6 +25,12 @@ A sharper route at test time (not in the paper): `route_threshold=t` (or `model.
 MixBN in routes 'auto' and 'detach' by 1[P(clean) > t] (temperature T = 0: each image runs one BN branch) or by
 sigmoid((logit P(clean) - logit t) / T), instead of P(clean) itself. The router's outputs (`type_logits`, `p_clean`)
 stay as the router gives them; only the blend changes. docs/design.md says why and what it measured.
+
+Bounded routing (not in the paper; after Adaptive Smoothing's bounded mixing weight, Bai et al. 2024):
+`clean_share_max=b` (or `model.set_clean_share_max(b)`) caps the Clean BN's share of every MixBN blend in routes
+'auto' and 'detach' at b: the blend weight is b * P(clean) (after any route threshold), so at least 1 - b of each
+norm site is the Adv BN however clean the router finds an input; b = 0 runs the Adv BN alone. It applies in
+training too (to inputs sent down the router's own route). docs/adaptive_attacks.md measures it.
 """
 import math
 from contextlib import contextmanager
@@ -77,6 +83,12 @@ def _check_route_threshold(threshold: Optional[float], temperature: float) -> No
                          f'got {threshold!r}')
     if not (number(temperature) and 0. <= temperature < float('inf')):
         raise ValueError(f'route_temperature must be a finite number >= 0 (0: a hard threshold), got {temperature!r}')
+
+
+def _check_clean_share_max(value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0. <= value <= 1.:
+        raise ValueError(f"clean_share_max must be a number in [0, 1] (the Clean BN's largest share of a MixBN blend; "
+                         f"1: the paper's blend, 0: Adv BN only), got {value!r}")
 
 
 def sharpen_p_clean(p_clean: torch.Tensor, threshold: float, temperature: float = 0.,
@@ -136,10 +148,13 @@ class AWNet(nn.Module):
             P(clean) itself, as the paper does).
         route_temperature: 0: each image runs the Clean BN if P(clean) > route_threshold, else the Adv BN; T > 0:
             the blend weight is sigmoid((logit P(clean) - logit route_threshold) / T).
+        clean_share_max: The Clean BN's largest share of a MixBN blend (bounded routing, not in the paper): the blend
+            weight is clean_share_max * P(clean). 1: the paper's blend; 0: Adv BN only.
     """
     stage_omega_start: List[int]
     stage_omega_count: List[int]
     route_threshold: Optional[float]
+    clean_share_max: float
 
     def __init__(
             self,
@@ -168,6 +183,7 @@ class AWNet(nn.Module):
             norm_layer: LayerType = nn.BatchNorm2d,
             route_threshold: Optional[float] = None,
             route_temperature: float = 0.,
+            clean_share_max: float = 1.,
             device=None,
             dtype=None,
     ):
@@ -224,6 +240,8 @@ class AWNet(nn.Module):
         self.route_temperature = 0.
         if route_threshold is not None or route_temperature != 0.:
             self.set_route_threshold(route_threshold, route_temperature)
+        self.clean_share_max = 1.
+        self.set_clean_share_max(clean_share_max)
 
         self.num_features = self.head_hidden_size = prev
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
@@ -253,6 +271,15 @@ class AWNet(nn.Module):
             raise ValueError(f'route_temperature {temperature} sharpens P(clean) at a route_threshold: give one too')
         self.route_threshold = threshold
         self.route_temperature = float(temperature)
+
+    @torch.jit.ignore
+    def set_clean_share_max(self, value: float):
+        """Cap the Clean BN's share of every MixBN blend at `value` (bounded routing; 1: the paper's blend)."""
+        _check_clean_share_max(value)
+        if value != 1 and not self.use_type_head:
+            raise ValueError('clean_share_max bounds the blend by P(clean), and this model has no router type head '
+                             f'(mix_bn={self.mix_bn}, type_head={self.use_type_head})')
+        self.clean_share_max = float(value)
 
     @torch.jit.ignore
     def set_input_check(self, mode: str):
@@ -343,6 +370,8 @@ class AWNet(nn.Module):
                 if type_logits is not None and route == 'detach':
                     type_logits = type_logits.detach()
                 p_clean = sharpen_p_clean(p_clean, threshold, self.route_temperature, type_logits)
+            if self.clean_share_max != 1.:
+                p_clean = p_clean * self.clean_share_max
         return x, omega, p_clean, branch, router_out
 
     def _stage_omega(self, omega: List[torch.Tensor], i: int) -> List[torch.Tensor]:

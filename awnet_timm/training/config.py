@@ -123,6 +123,11 @@ class TrainConfig:
                                   "x_adv trains), 'auto' (the router decides), 'clean' (forced Clean BN) or 'mixed' (half "
                                   "of each batch attacked in 'adv', half in 'clean', all labelled adversarial: the "
                                   "router also learns the examples that target the Clean BN; docs/design.md)")
+    router_aware: float = _f(0.0, "router-aware adversarial training (not in the paper; AW-Net students of mtard and "
+                                  "pgd_at): this share of each batch is also attacked by RouterAwarePGD (the classifier "
+                                  "with the router's outputs held constant, plus a random-weight push of P(clean) up, at a "
+                                  "random eps scale), labelled adversarial for the type loss and trained through the route "
+                                  "the router takes; 0: the paper's training (docs/adaptive_attacks.md)")
     tau: float = _f(1.0, "MTARD's student temperature (1 for CIFAR-10, 5 for CIFAR-100)")
     kl_reduction: str = _f('mean', "MTARD's distillation KL: 'mean' (MTARD's code: averaged over batch x classes, a "
                                    "1/classes scale of the per-sample KL) or 'batchmean' (summed over classes, averaged "
@@ -186,6 +191,10 @@ class TrainConfig:
                      'type_loss_weight', 'trades_beta', 'val_size', 'crop_pad', 'warmup_epochs', 'arat_gamma', 'val_attack_step'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'{name} must be >= 0, got {getattr(self, name)}')
+        if not 0 <= self.router_aware <= 1:
+            raise ConfigError(f'router_aware is a share of each batch, in [0, 1] (0: the paper\'s training), got {self.router_aware}')
+        if self.router_aware and self.recipe not in ('mtard', 'pgd_at'):
+            raise ConfigError(f"router_aware trains AW-Net students of recipes mtard and pgd_at, not '{self.recipe}'")
         if not 0 <= self.eps <= 1:
             raise ConfigError(f'eps is in pixel units and must be in [0, 1] (8/255 = {8 / 255:.4f}), got {self.eps}')
         if self.eps > 0.5 or self.attack_step > 0.5 or self.val_attack_step > 0.5:

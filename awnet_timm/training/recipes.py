@@ -18,19 +18,25 @@ path trains AW-Net and its static baseline.
   Clean BN + gamma * asymmetric invariance loss (training/arat.py); split-BN students only.
 The training attack runs on a dynamic student in `--attack-route` (default 'adv'; 'mixed' attacks half of each
 batch in route clean, so the router also learns the examples that target the Clean BN).
+`--router-aware S` (mtard, pgd_at; not in the paper): a share S of each batch is also attacked by `RouterAwarePGD`
+(made to fool the classifier and look clean), labelled adversarial for the type loss and sent down the route the
+router takes ('auto'), so the student learns to classify them there (MTARD: distilled from the robust teacher with
+x_adv) and the router to send them to the Adv BN. On that route the Clean BN normalises with its running statistics
+and keeps them, as at test time: adversarial inputs must not move the clean statistics.
 --label-smoothing smooths every cross-entropy on the labels (standard, pgd_at, trades's CE(x_nat), arat's two);
 the attacks and TRADES's KL keep the hard labels / the model's own prediction; mtard has no such term and
 refuses it (TrainConfig.validate).
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attacks import NFGSM, LinfPGD
-from ..layers import RouterOutput
+from ..attacks import NFGSM, LinfPGD, RouterAwarePGD
+from ..layers import MixBatchNorm2d, RouterOutput
 from ..models import AWNet
 from .arat import AsymmetricInvariance, SiteFeatures
 from .config import ConfigError, TrainConfig
@@ -73,9 +79,24 @@ class TrainForward(nn.Module):
             router_out = RouterOutput(*[
                 None if v is None else [o.split(sizes)[i] for o in v] if isinstance(v, list) else v.split(sizes)[i]
                 for v in joint])
-            logits, _ = model.forward_with_router(x, route=route if model.mix_bn else None, router_out=router_out)
+            with _clean_bn_at_running_stats(model, model.mix_bn and route == 'auto'):
+                logits, _ = model.forward_with_router(x, route=route if model.mix_bn else None, router_out=router_out)
             outputs.append((logits, router_out.type_logits))
         return outputs
+
+
+@contextmanager
+def _clean_bn_at_running_stats(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Every MixBN's Clean BN in eval mode (running statistics, not updated) while adversarial inputs take the
+    router's blend in training; the Adv BN stays in the model's mode."""
+    kept = [(m.clean, m.clean.training) for m in model.modules() if enabled and isinstance(m, MixBatchNorm2d)]
+    for bn, _ in kept:
+        bn.eval()
+    try:
+        yield
+    finally:
+        for bn, training in kept:
+            bn.train(training)
 
 
 def _world_size() -> int:
@@ -99,6 +120,14 @@ class Recipe:
         mixed = self.dynamic and cfg.attack_route == 'mixed'
         self.attack = self._attack(cfg, model, ('adv' if mixed else cfg.attack_route) if self.dynamic else None)
         self.attack_clean = self._attack(cfg, model, 'clean') if mixed else None
+        self.attack_router = None
+        if cfg.router_aware:
+            if not (self.dynamic and model.use_type_head):
+                raise ConfigError(f'router_aware trains the router of an AW-Net (MixBN and a type head); '
+                                  f'{cfg.model} with {cfg.model_kwargs or "no arguments"} has none')
+            self.attack_router = RouterAwarePGD(model, eps=cfg.eps, step_size=cfg.attack_step, steps=cfg.attack_steps,
+                                                loss=self.attack_loss, check_range=False,
+                                                train_mode=cfg.attack_bn == 'train')
 
     def _attack(self, cfg: TrainConfig, model: nn.Module, route: Optional[str]):
         common = dict(loss=self.attack_loss, route=route, check_range=False, train_mode=cfg.attack_bn == 'train')
@@ -114,6 +143,17 @@ class Recipe:
             return self.attack.perturb(x, y)
         half = (len(x) + 1) // 2
         return torch.cat([self.attack.perturb(x[:half], y[:half]), self.attack_clean.perturb(x[half:], y[half:])])
+
+    def router_aware(self, x: torch.Tensor, y: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(x_ra, y_ra): the router-aware attack's examples of the first `router_aware` share of the batch (the batch
+        is shuffled), or None in the paper's training."""
+        if self.attack_router is None:
+            return None
+        k = self._router_aware_rows(len(x))
+        return self.attack_router.perturb(x[:k], y[:k]), y[:k]
+
+    def _router_aware_rows(self, batch: int) -> int:
+        return max(1, round(self.cfg.router_aware * batch))
 
     def state_module(self) -> Optional[nn.Module]:
         """Recipe state saved with checkpoints (MTARD's teacher weights), if any."""
@@ -132,8 +172,13 @@ class Recipe:
         """Optimizer parameter groups of the recipe's own trainable modules (ARAT's predictors), if any."""
         return []
 
-    def _routes(self, x_nat: torch.Tensor, x_adv: torch.Tensor):
-        (nat, type_nat), (adv, type_adv) = self.forward([(x_nat, 'clean'), (x_adv, 'adv')])
+    def _routes(self, x_nat: torch.Tensor, x_adv: torch.Tensor, x_ra: Optional[torch.Tensor] = None):
+        """(nat, adv, type_nat, type_adv) logits; with router-aware examples x_ra (route 'auto'), adv and type_adv
+        hold x_adv's rows, then x_ra's."""
+        inputs = [(x_nat, 'clean'), (x_adv, 'adv')] + ([(x_ra, 'auto')] if x_ra is not None else [])
+        (nat, type_nat), *rest = self.forward(inputs)
+        adv = torch.cat([logits for logits, _ in rest])
+        type_adv = None if type_nat is None else torch.cat([t for _, t in rest])
         return nat, adv, type_nat, type_adv
 
     def _type_loss(self, type_nat, type_adv, metrics: Metrics) -> torch.Tensor:
@@ -142,6 +187,9 @@ class Recipe:
         loss = 0.5 * (type_loss(type_nat, True) + type_loss(type_adv, False))
         metrics['loss_type'] = loss.detach()
         metrics['type_acc'] = 0.5 * ((type_nat.argmax(1) == 1).float().mean() + (type_adv.argmax(1) == 0).float().mean())
+        if self.attack_router is not None:  # the router-aware rows come last
+            k = self._router_aware_rows(len(type_nat))
+            metrics['type_acc_ra'] = (type_adv[-k:].argmax(1) == 0).float().mean()
         return self.cfg.type_loss_weight * loss
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Metrics]:
@@ -171,10 +219,12 @@ class PGDAT(Recipe):
             task = F.cross_entropy(adv, y, label_smoothing=self.cfg.label_smoothing)
             metrics = {'loss_task': task.detach(), 'acc_adv': _accuracy(adv, y)}
             return task, dict(metrics, loss=task.detach())
-        nat, adv, type_nat, type_adv = self._routes(x, x_adv)
+        ra = self.router_aware(x, y)
+        nat, adv, type_nat, type_adv = self._routes(x, x_adv, ra[0] if ra else None)
+        y_adv = torch.cat([y, ra[1]]) if ra else y
         smoothing = self.cfg.label_smoothing
-        task = 0.5 * (F.cross_entropy(nat, y, label_smoothing=smoothing) + F.cross_entropy(adv, y, label_smoothing=smoothing))
-        metrics = {'loss_task': task.detach(), 'acc_clean': _accuracy(nat, y), 'acc_adv': _accuracy(adv, y)}
+        task = 0.5 * (F.cross_entropy(nat, y, label_smoothing=smoothing) + F.cross_entropy(adv, y_adv, label_smoothing=smoothing))
+        metrics = {'loss_task': task.detach(), 'acc_clean': _accuracy(nat, y), 'acc_adv': _accuracy(adv, y_adv)}
         loss = task + self._type_loss(type_nat, type_adv, metrics)
         return loss, dict(metrics, loss=loss.detach())
 
@@ -213,15 +263,20 @@ class MTARD(Recipe):
 
     def loss(self, x, y):
         x_adv = self.adversarial(x, y)
+        ra = self.router_aware(x, y)
+        if ra:  # distilled from the robust teacher, as x_adv is
+            x_adv_all, y_adv = torch.cat([x_adv, ra[0]]), torch.cat([y, ra[1]])
+        else:
+            x_adv_all, y_adv = x_adv, y
         with torch.no_grad():
-            t_nat, t_adv = self.teacher_nat(x), self.teacher_adv(x_adv)
-        nat, adv, type_nat, type_adv = self._routes(x, x_adv)
+            t_nat, t_adv = self.teacher_nat(x), self.teacher_adv(x_adv_all)
+        nat, adv, type_nat, type_adv = self._routes(x, x_adv, ra[0] if ra else None)
         kl_nat = distill_kl(nat, t_nat, self.cfg.tau, self.cfg.kl_reduction)
         kl_adv = distill_kl(adv, t_adv, self.cfg.tau, self.cfg.kl_reduction)
         task = self.weights.loss(kl_nat, kl_adv)
         self._kl = (kl_nat.detach(), kl_adv.detach())
         metrics = {'loss_task': task.detach(), 'kl_nat': kl_nat.detach(), 'kl_adv': kl_adv.detach(),
-                   'w_nat': self.weights.w_nat.clone(), 'acc_clean': _accuracy(nat, y), 'acc_adv': _accuracy(adv, y)}
+                   'w_nat': self.weights.w_nat.clone(), 'acc_clean': _accuracy(nat, y), 'acc_adv': _accuracy(adv, y_adv)}
         loss = task + self._type_loss(type_nat, type_adv, metrics)
         return loss, dict(metrics, loss=loss.detach())
 
