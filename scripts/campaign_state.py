@@ -128,7 +128,7 @@ def save(folder: str, unfinished: bool = False) -> str:
     with open(path) as f:
         manifest = json.load(f)
     last = (manifest.get('slices') or [{}])[-1]
-    if not last.get('finished') and not unfinished:
+    if not (last.get('finished') or last.get('interrupted')) and not unfinished:  # Ctrl-C ends a slice at a checkpoint
         raise ReleaseError(f"the last slice of '{folder}' has not finished: save once `awnet zoo run` has ended (Ctrl-C "
                            f"ends it at a checkpoint), or pass --unfinished for a slice that was killed")
     check_identity()

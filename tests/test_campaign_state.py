@@ -112,6 +112,16 @@ def test_a_second_save_replaces_the_listing(campaign):
     assert f"| `{ZOO}/runs/student/log.jsonl` | {len(data):,} | `{hashlib.sha256(data).hexdigest()}` |" in listing
 
 
+def test_a_slice_ended_by_ctrl_c_is_saved_as_its_message_offers(campaign):
+    repo, _ = campaign
+    manifest = json.loads((repo / ZOO / 'manifest.json').read_text())
+    manifest['slices'].append({'started': '2026-12-06T01:00:00Z', 'interrupted': '2026-12-06T02:00:00Z',
+                               'interrupted_stage': 'evaluate'})  # as `awnet zoo run` records a Ctrl-C
+    (repo / ZOO / 'manifest.json').write_text(json.dumps(manifest))
+    done = state_script(repo, 'save')
+    assert done.returncode == 0, done.stderr
+
+
 def test_refusals_say_what_was_expected(campaign, tmp_path):
     repo, _ = campaign
     done = state_script(repo, 'restore')
