@@ -5,9 +5,11 @@ git-ignored folder is on the machine; a machine handed back fresh loses it, and 
 release. `save` puts the folder's state (manifest, runs: configs, logs, last/best checkpoints and training states;
 evaluation records and exports; not the decoded data, which the next slice decodes again) into one commit and
 takes it out of the tree in the next, as `release_weights.py` does for released weights; `scripts/campaign_state.md`
-lists each file with its size, sha256 and that commit. `restore` writes it back, sha256-checked, when the folder is
-missing, and records the restore in the manifest (`restored`), so the next slice continues where the saved one
-ended. A folder that is there and differs from the save (a machine handed back as it was, slices run since) is kept.
+lists each file with its size, sha256 and that commit (another folder gets a listing of its own,
+`scripts/campaign_state-<folder>.md`, so saving it never loses the campaign's). `restore` writes it back,
+sha256-checked, when the folder's manifest is missing, and records the restore in the manifest (`restored`), so the
+next slice continues where the saved one ended. A folder that is there with its manifest (a machine handed back as
+it was, slices run since) is kept; a file there that differs from the save is replaced only with --overwrite.
 
 The repository's absolute path inside the saved files (run configs, manifest, safetensors metadata) is stored as
 `<repo>` and written back as the restoring clone's path: no machine path in the history, and a clone elsewhere
@@ -15,6 +17,8 @@ resumes too.
 
     python3 scripts/campaign_state.py save [output/campaign/zoo]       (at the end of a session, after the slice)
     python3 scripts/campaign_state.py restore [output/campaign/zoo]    (at the start, before `awnet zoo run --resume`)
+
+The default folder is output/campaign/zoo of the repository, wherever the script is run from.
 
 Standard library only: it runs without the package's environment. Run it from anywhere inside the repository.
 """
@@ -30,7 +34,7 @@ import sys
 from typing import Dict, List, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from release_weights import ReleaseError, at_top_level, check_identity, git, reset_index  # noqa: E402
+from release_weights import ReleaseError, at_top_level, check_identity, git, reset_index, show  # noqa: E402
 
 LIST = os.path.join('scripts', 'campaign_state.md')
 DEFAULT = os.path.join('output', 'campaign', 'zoo')
@@ -86,11 +90,11 @@ def _fields(folder: str, held: str, manifest: Dict) -> Dict[str, str]:
             'epochs': epochs}
 
 
-def read_list() -> Tuple[Dict[str, str], Dict[str, Dict[str, str]]]:
-    """({folder, commit, saved, ...}, {path: {size, sha}}) of scripts/campaign_state.md (empty when never saved)."""
+def read_list(listing: str = LIST) -> Tuple[Dict[str, str], Dict[str, Dict[str, str]]]:
+    """({folder, commit, saved, ...}, {path: {size, sha}}) of a listing (empty when never saved)."""
     fields, rows = {}, {}
-    if os.path.isfile(LIST):
-        with open(LIST) as f:
+    if os.path.isfile(listing):
+        with open(listing) as f:
             for line in f:
                 m, r = FIELD.match(line.strip()), ROW.match(line.strip())
                 if m:
@@ -100,13 +104,47 @@ def read_list() -> Tuple[Dict[str, str], Dict[str, Dict[str, str]]]:
     return fields, rows
 
 
-def write_list(fields: Dict[str, str], rows: Dict[str, Dict[str, str]]) -> None:
+def listing_of(folder: str) -> str:
+    """ The listing that holds `folder`'s saved state: scripts/campaign_state.md, or scripts/campaign_state-*.md
+    whose `folder:` line names it; for a folder never saved, the first when it lists no other folder, else its own
+    (one listing per folder: saving another folder never replaces the only listing of the campaign's state). """
+    for listing in _listings():
+        if os.path.normpath(read_list(listing)[0].get('folder', '\0')) == os.path.normpath(folder):
+            return listing
+    if not os.path.exists(LIST):
+        return LIST
+    slug = re.sub(r'[^A-Za-z0-9._-]+', '+', os.path.normpath(folder).replace(os.sep, '/'))
+    return os.path.join(os.path.dirname(LIST), f'campaign_state-{slug}.md')
+
+
+def _listings() -> List[str]:
+    """The listings there are: scripts/campaign_state.md first, then the other folders' ones."""
+    scripts = os.path.dirname(LIST)
+    others = sorted(os.path.join(scripts, n) for n in os.listdir(scripts)
+                    if n.startswith('campaign_state-') and n.endswith('.md')) if os.path.isdir(scripts) else []
+    return [p for p in [LIST] + others if os.path.isfile(p)]
+
+
+def _no_listing(folder: str) -> ReleaseError:
+    """What to say when no listing holds `folder`: none was saved, one lacks its folder line, or they hold others."""
+    held = {listing: read_list(listing)[0].get('folder') for listing in _listings()}
+    if not held:
+        return ReleaseError(f'{LIST} lists no saved campaign state: nothing to restore')
+    broken = [listing for listing, saved in held.items() if not saved]
+    if broken:
+        return ReleaseError(f"{broken[0]} has no valid '- folder: `...`' line (expected the saved folder there): "
+                            f"restore it from git (`git checkout -- {broken[0]}`) and run this again")
+    return ReleaseError(f"no listing holds the state of '{folder}': " + '; '.join(
+        f"{listing} holds the state of '{saved}'" for listing, saved in held.items()))
+
+
+def write_list(fields: Dict[str, str], rows: Dict[str, Dict[str, str]], listing: str = LIST) -> None:
     text = HEADER + ''.join(f'- {k}: `{v}`\n' for k, v in fields.items())
     text += '\n| file | bytes | sha256 |\n|---|---:|---|\n'
     text += ''.join(f"| `{p}` | {r['size']} | `{r['sha']}` |\n" for p, r in sorted(rows.items()))
-    with open(LIST + '.tmp', 'w') as f:
+    with open(listing + '.tmp', 'w') as f:
         f.write(text)
-    os.replace(LIST + '.tmp', LIST)
+    os.replace(listing + '.tmp', listing)
 
 
 def _files(folder: str) -> List[str]:
@@ -119,15 +157,34 @@ def _files(folder: str) -> List[str]:
     return found
 
 
-def save(folder: str, unfinished: bool = False) -> str:
-    """The state commit, then the commit that takes it out and lists it; returns the state commit."""
-    root = os.getcwd()
+def read_manifest(folder: str) -> Dict:
+    """`folder`'s manifest.json, checked to be a campaign's (`awnet zoo run` writes it): an object whose `slices` is a
+    list of slice objects (ReleaseError says what is wrong)."""
     path = os.path.join(folder, 'manifest.json')
     if not os.path.isfile(path):
         raise ReleaseError(f"'{folder}' holds no manifest.json: expected a campaign folder (`awnet zoo run --out`)")
-    with open(path) as f:
-        manifest = json.load(f)
-    last = (manifest.get('slices') or [{}])[-1]
+    try:
+        with open(path, encoding='utf-8') as f:
+            manifest = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ReleaseError(f"'{path}' is not valid JSON ({e}): a truncated or damaged manifest; nothing was saved")
+    slices = manifest.get('slices') if isinstance(manifest, dict) else None
+    if not isinstance(slices, list) or not slices or not all(isinstance(s, dict) for s in slices):
+        got = f"'slices' {slices!r}"[:60] if isinstance(manifest, dict) else f'a JSON {type(manifest).__name__}'
+        raise ReleaseError(f"'{path}' is not a campaign manifest of `awnet zoo run` (expected an object whose 'slices' "
+                           f"is a non-empty list of slice objects, got {got}); nothing was saved")
+    if not isinstance(manifest.get('stages', {}), dict):
+        raise ReleaseError(f"'{path}' is not a campaign manifest of `awnet zoo run` ('stages' must be an object); "
+                           f"nothing was saved")
+    return manifest
+
+
+def save(folder: str, unfinished: bool = False) -> str:
+    """The state commit, then the commit that takes it out and lists it; returns the state commit."""
+    root = os.getcwd()
+    manifest = read_manifest(folder)
+    listing = listing_of(folder)
+    last = manifest['slices'][-1]
     if not (last.get('finished') or last.get('interrupted')) and not unfinished:  # Ctrl-C ends a slice at a checkpoint
         raise ReleaseError(f"the last slice of '{folder}' has not finished: save once `awnet zoo run` has ended (Ctrl-C "
                            f"ends it at a checkpoint), or pass --unfinished for a slice that was killed")
@@ -151,45 +208,74 @@ def save(folder: str, unfinished: bool = False) -> str:
         raise ReleaseError(f'{e} (the index is as it was; fix that and run this again)') from None
     held = git('rev-parse', 'HEAD')
     git('rm', '-r', '-q', '--cached', '--', folder)
-    write_list(_fields(folder, held, manifest), rows)
-    git('add', '--', LIST)
+    write_list(_fields(folder, held, manifest), rows, listing)
+    git('add', '--', listing)
     try:
-        git('commit', '-q', '-m', f'Campaign state out of the tree: kept in {held[:12]}, listed in {LIST}')
+        git('commit', '-q', '-m', f'Campaign state out of the tree: kept in {held[:12]}, listed in {listing}')
     except ReleaseError as e:
-        raise ReleaseError(f'{e}. The state is committed in {held}; the index holds its removal and {LIST}: '
+        raise ReleaseError(f'{e}. The state is committed in {held}; the index holds its removal and {listing}: '
                            f'finish with `git commit`') from None
     return held
 
 
-def restore(folder: str) -> List[str]:
-    """Write the saved state back into `folder` when its manifest is missing; returns the paths written."""
-    fields, rows = read_list()
+def check_listing(listing: str, fields: Dict[str, str], rows: Dict[str, Dict[str, str]], folder: str) -> None:
+    """A listing to restore `folder` from: its `folder:` and `commit:` lines and rows (ReleaseError says which lacks)."""
     if not rows:
-        raise ReleaseError(f'{LIST} lists no saved campaign state: nothing to restore')
-    saved = fields.get('folder', '')
-    if os.path.normpath(saved) != os.path.normpath(folder):
-        raise ReleaseError(f"{LIST} holds the state of '{saved}', not of '{folder}'")
+        raise ReleaseError(f'{listing} lists no saved campaign state of {folder}: nothing to restore')
+    for key, pattern, expected in (('folder', r'[^`]+', 'the saved folder'), ('commit', r'[0-9a-f]{40}', 'a 40-hex commit')):
+        if not re.fullmatch(pattern, fields.get(key, '')):
+            raise ReleaseError(f"{listing} has no valid '- {key}: `...`' line (expected {expected} there); restore "
+                               f"it from git (`git checkout -- {listing}`) and run this again")
+    if os.path.normpath(fields['folder']) != os.path.normpath(folder):
+        raise ReleaseError(f"{listing} holds the state of '{fields['folder']}', not of '{folder}'")
+
+
+def restore(folder: str, overwrite: bool = False) -> List[str]:
+    """ Write the saved state back into `folder` when its manifest is missing; returns the paths written. A file
+    there already that differs from the saved one (newer work) is a ReleaseError unless `overwrite`; nothing is
+    written before every file has been checked. """
+    listing = listing_of(folder)
+    if not os.path.isfile(listing):
+        raise _no_listing(folder)
+    fields, rows = read_list(listing)
+    check_listing(listing, fields, rows, folder)
     if os.path.isfile(os.path.join(folder, 'manifest.json')):
         return []  # the machine kept the folder: the campaign continues from it exactly
-    root = os.getcwd()
-    written = []
+    root, commit = os.getcwd(), fields['commit']
+    todo, differ = [], []
     for path, row in sorted(rows.items()):
-        data = subprocess.run(['git', 'show', f"{fields['commit']}:{path}"], capture_output=True)
-        if data.returncode != 0:
-            raise ReleaseError(f"git show {fields['commit'][:12]}:{path} failed: {data.stderr.decode().strip()} "
-                               f"(is that commit in this clone? `git fetch` it)")
-        if hashlib.sha256(data.stdout).hexdigest() != row['sha']:
-            raise ReleaseError(f"{path} at {fields['commit'][:12]} does not have the listed sha256 {row['sha']}")
+        if os.path.isdir(path):
+            raise ReleaseError(f"'{path}' is a folder, where a saved file goes: move it away; nothing was restored")
+        if not os.path.lexists(path) or path.endswith('manifest.json'):
+            todo.append(path)
+            continue
+        with open(path, 'rb') as f:
+            if f.read() != _swap(path, _checked(commit, path, row['sha']), TOKEN, root):
+                differ.append(path)
+                todo.append(path)
+    if differ and not overwrite:
+        raise ReleaseError(f"{len(differ)} file(s) of {folder} differ from the saved state ({', '.join(differ[:3])}"
+                           f"{', ...' if len(differ) > 3 else ''}): newer work? kept; pass --overwrite to replace "
+                           f"them with the saved ones; nothing was restored")
+    written = []
+    for path in todo:
         if path.endswith('manifest.json'):
             continue  # last: a folder with a manifest counts as restored
-        _write(path, _swap(path, data.stdout, TOKEN, root))
+        _write(path, _swap(path, _checked(commit, path, rows[path]['sha']), TOKEN, root))
         written.append(path)
     manifest_path = os.path.join(folder, 'manifest.json').replace(os.sep, '/')
-    manifest = json.loads(_swap(manifest_path, subprocess.run(
-        ['git', 'show', f"{fields['commit']}:{manifest_path}"], capture_output=True, check=True).stdout, TOKEN, root))
+    manifest = json.loads(_swap(manifest_path, show(commit, manifest_path, listing), TOKEN, root))
     manifest.setdefault('restored', []).append({'at': _now(), 'commit': fields['commit'], 'saved': fields.get('saved')})
     _write(manifest_path, json.dumps(manifest, indent=2).encode() + b'\n')
     return written + [manifest_path]
+
+
+def _checked(commit: str, path: str, sha: str) -> bytes:
+    """The saved bytes of `path` at `commit`, with the listed sha256."""
+    data = show(commit, path, 'the listing')
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise ReleaseError(f"{path} at {commit[:12]} does not have the listed sha256 {sha}")
+    return data
 
 
 def _write(path: str, data: bytes) -> None:
@@ -203,22 +289,25 @@ def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     sub = p.add_subparsers(dest='command', required=True)
     s = sub.add_parser('save', help='commit the campaign folder, then take it out of the tree')
-    s.add_argument('folder', nargs='?', default=DEFAULT, help=f'the campaign folder (default: {DEFAULT})')
+    s.add_argument('folder', nargs='?', default=None, help=f"the campaign folder (default: the repository's {DEFAULT})")
     s.add_argument('--unfinished', action='store_true', help='save even though the last slice did not finish (killed)')
     r = sub.add_parser('restore', help='write the saved state back where the folder is missing')
-    r.add_argument('folder', nargs='?', default=DEFAULT, help=f'the campaign folder (default: {DEFAULT})')
+    r.add_argument('folder', nargs='?', default=None, help=f"the campaign folder (default: the repository's {DEFAULT})")
+    r.add_argument('--overwrite', action='store_true',
+                   help='replace files in the folder that differ from the saved state (default: refuse, keep them)')
     args = p.parse_args(argv)
-    folder = os.path.abspath(args.folder)  # as given from here; the work runs at the top level
+    folder = os.path.abspath(args.folder) if args.folder else None  # as given from here; the work runs at the top
 
     def work() -> None:
-        relative = os.path.relpath(folder)
+        relative = os.path.relpath(folder) if folder else DEFAULT  # the default is the repository's, not the cwd's
         if relative.startswith('..'):
             raise ReleaseError(f"'{args.folder}' is outside the repository: git can hold only what is inside it")
         if args.command == 'save':
             held = save(relative, args.unfinished)
-            print(f'campaign_state: {relative} saved in {held}; taken out of the tree and listed in {LIST}')
+            print(f'campaign_state: {relative} saved in {held}; taken out of the tree and listed in '
+                  f'{listing_of(relative)}')
         else:
-            written = restore(relative)
+            written = restore(relative, args.overwrite)
             if written:
                 print(f'campaign_state: {len(written)} files of {relative} restored (sha256 checked); '
                       f'the next `awnet zoo run --resume` continues the saved slices')

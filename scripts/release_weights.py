@@ -8,6 +8,7 @@ commits (sha256-checked), e.g. before `awnet publish` or `awnet mirror hub/relea
 
     python3 scripts/release_weights.py commit hub/releases/awnet_r18.mtard_cifar10 hub/releases/cifar_resnet18.mtard_cifar10
     python3 scripts/release_weights.py restore [FOLDER ...]      (default: every file the list names)
+    python3 scripts/release_weights.py restore --overwrite FOLDER  (replace local weights that differ from the list)
 
 Standard library only: it runs without the package's environment. Run it from anywhere inside the repository.
 """
@@ -29,7 +30,8 @@ hand: `git show COMMIT:PATH > PATH`); the cards, `config.json` and evaluation re
 | file | bytes | sha256 | commit |
 |---|---:|---|---|
 """
-ROW = re.compile(r'^\| `(?P<path>[^`]+)` \| (?P<size>[\d,]+) \| `(?P<sha>[0-9a-f]{64})` \| `(?P<commit>[0-9a-f]{40})` \|$')
+CELLS = {'path': re.compile(r'`(?P<v>[^`]+)`'), 'size': re.compile(r'(?P<v>[\d,]+)'),
+         'sha': re.compile(r'`(?P<v>[0-9a-f]{64})`'), 'commit': re.compile(r'`(?P<v>[0-9a-f]{40})`')}
 
 
 class ReleaseError(RuntimeError):
@@ -51,17 +53,44 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def table_cells(line: str) -> List[str]:
+    """The cells of a Markdown table row: outer pipes optional, cells padded any way (as formatters re-pad them)."""
+    inner = line.strip()
+    inner = inner[1:] if inner.startswith('|') else inner
+    inner = inner[:-1] if inner.endswith('|') and not inner.endswith('\\|') else inner
+    return [cell.strip() for cell in inner.split('|')]
+
+
+def parse_table(lines: Sequence[str], columns: Sequence[str], where: str) -> Dict[str, Dict[str, str]]:
+    """ {first column: {column: value}} of the Markdown table rows among `lines` whose cells match CELLS[column];
+    a header or separator row is skipped, and any other row that does not match is a ReleaseError naming it (a row
+    skipped silently would drop its file from a restore, or from the list when it is written again). """
+    rows, bad = {}, []
+    for number, line in enumerate(lines, 1):
+        if not line.lstrip().startswith('|'):
+            continue
+        cells = table_cells(line)
+        if cells[0] == 'file' or all(re.fullmatch(r':?-+:?', c) for c in cells):
+            continue  # the header and its separator
+        found = [CELLS[c].fullmatch(v) for c, v in zip(columns, cells)] if len(cells) == len(columns) else [None]
+        if not all(found):
+            bad.append(f'line {number}: {line.strip()}')
+            continue
+        row = {c: m['v'] for c, m in zip(columns, found)}
+        rows[row[columns[0]]] = row
+    if bad:
+        expected = ' | '.join(f'`{c.upper()}`' if CELLS[c].pattern.startswith('`') else c.upper() for c in columns)
+        raise ReleaseError(f"{where} has table rows that are not | {expected} | (sha256 64 lowercase hex digits, a "
+                           f"commit 40): {'; '.join(bad)}; fix them, nothing was done")
+    return rows
+
+
 def read_list() -> Dict[str, Dict[str, str]]:
-    """{path: {size, sha, commit}} of hub/releases/README.md (empty when it does not exist yet)."""
+    """{path: {path, size, sha, commit}} of hub/releases/README.md (empty when it does not exist yet)."""
     if not os.path.isfile(LIST):
         return {}
-    rows = {}
     with open(LIST) as f:
-        for line in f:
-            m = ROW.match(line.strip())
-            if m:
-                rows[m['path']] = m.groupdict()
-    return rows
+        return parse_table(f.readlines(), ('path', 'size', 'sha', 'commit'), LIST)
 
 
 def write_list(rows: Dict[str, Dict[str, str]]) -> None:
@@ -130,8 +159,40 @@ def commit(folders: Sequence[str]) -> str:
     return held
 
 
-def restore(folders: Sequence[str]) -> List[str]:
-    """Write back the listed weights files (those under `folders`, or all), each sha256-checked; returns their paths."""
+def show(commit: str, path: str, where: str) -> bytes:
+    """The bytes of `path` at `commit`; a ReleaseError says whether the commit is missing or does not hold the path."""
+    data = subprocess.run(['git', 'show', f'{commit}:{path}'], capture_output=True)
+    if data.returncode == 0:
+        return data.stdout
+    if subprocess.run(['git', 'cat-file', '-e', f'{commit}^{{commit}}'], capture_output=True).returncode == 0:
+        raise ReleaseError(f"commit {commit[:12]} holds no {path}: the row of {path} in {where} names the wrong commit "
+                           f"(`git log --all -- {path}` finds the one that holds it)")
+    raise ReleaseError(f"git show {commit[:12]}:{path} failed: {data.stderr.decode().strip()} (that commit is not "
+                       f"in this clone: `git fetch` it)")
+
+
+def check_targets(paths: Dict[str, str], overwrite: bool) -> List[str]:
+    """ The paths of {path: listed sha256} to write, checked before any is: a folder in the way, or (without
+    `overwrite`) a local file that differs from the listed one, is a ReleaseError; a file already as listed is kept. """
+    todo, differ = [], []
+    for path, sha in sorted(paths.items()):
+        if os.path.isdir(path):
+            raise ReleaseError(f"'{path}' is a folder, where the weights file goes: move it away; nothing was restored")
+        if os.path.isfile(path) and sha256(path) == sha:
+            continue
+        if os.path.lexists(path):
+            differ.append(path)
+        todo.append(path)
+    if differ and not overwrite:
+        raise ReleaseError(f"{', '.join(differ)} differ{'s' if len(differ) == 1 else ''} from the listed sha256 "
+                           f"(local work?): kept; pass --overwrite to replace with the listed weights; nothing was "
+                           f"restored")
+    return todo
+
+
+def restore(folders: Sequence[str], overwrite: bool = False) -> List[str]:
+    """Write back the listed weights files (those under `folders`, or all), each sha256-checked; returns the paths
+    written (a file already as listed is kept; one that differs is replaced only with `overwrite`)."""
     rows = read_list()
     if not rows:
         raise ReleaseError(f'{LIST} lists no weights: nothing to restore')
@@ -139,20 +200,17 @@ def restore(folders: Sequence[str]) -> List[str]:
     chosen = {p: r for p, r in rows.items() if not wanted or any(p.startswith(w) for w in wanted)}
     if not chosen:
         raise ReleaseError(f"{LIST} lists no weights under {', '.join(folders)}")
-    for path, row in sorted(chosen.items()):
-        if os.path.isfile(path) and sha256(path) == row['sha']:
-            continue
-        data = subprocess.run(['git', 'show', f"{row['commit']}:{path}"], capture_output=True)
-        if data.returncode != 0:
-            raise ReleaseError(f"git show {row['commit'][:12]}:{path} failed: {data.stderr.decode().strip()} "
-                               f"(is that commit in this clone? `git fetch` it)")
-        if hashlib.sha256(data.stdout).hexdigest() != row['sha']:
+    todo = check_targets({p: r['sha'] for p, r in chosen.items()}, overwrite)
+    for path in todo:
+        row = chosen[path]
+        data = show(row['commit'], path, LIST)
+        if hashlib.sha256(data).hexdigest() != row['sha']:
             raise ReleaseError(f"{path} at {row['commit'][:12]} does not have the listed sha256 {row['sha']}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + '.tmp', 'wb') as f:
-            f.write(data.stdout)
+            f.write(data)
         os.replace(path + '.tmp', path)
-    return sorted(chosen)
+    return todo
 
 
 def at_top_level(prog: str, work: Callable[[], None]) -> int:
@@ -173,6 +231,8 @@ def main(argv: Sequence[str] = None) -> int:
     c.add_argument('folders', nargs='+', metavar='FOLDER', help='release folders under hub/releases/')
     r = sub.add_parser('restore', help='write back the listed weights files from their commits')
     r.add_argument('folders', nargs='*', metavar='FOLDER', help='only the files under these folders (default: all)')
+    r.add_argument('--overwrite', action='store_true',
+                   help='replace a local weights file that differs from the listed one (default: refuse, keep it)')
     args = p.parse_args(argv)
     args.folders = [os.path.abspath(f) for f in args.folders]  # as given from here; the work runs at the top level
 
@@ -181,8 +241,11 @@ def main(argv: Sequence[str] = None) -> int:
             held = commit(args.folders)
             print(f'release_weights: weights in {held}; taken out of the tree and listed in {LIST}')
         else:
-            for path in restore(args.folders):
+            written = restore(args.folders, args.overwrite)
+            for path in written:
                 print(f'release_weights: {path} restored (sha256 checked)')
+            if not written:
+                print('release_weights: every listed file is here already, as listed (sha256 checked)')
     return at_top_level('release_weights', work)
 
 

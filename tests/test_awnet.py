@@ -349,3 +349,16 @@ def test_bad_constructor_options_are_rejected():
         _tiny(router_feature='middle')
     with pytest.raises(ValueError, match="'zeros' or 'default'"):
         _tiny(signal_init='ones')
+
+
+def test_numpy_scalars_are_numbers_for_the_route_threshold_and_clean_share_max():
+    import numpy as np
+    model = _tiny(route_threshold=np.float32(0.9), route_temperature=np.float64(0.05), clean_share_max=np.float32(0.5))
+    assert (model.route_threshold, model.clean_share_max) == (float(np.float32(0.9)), 0.5)
+    assert type(model.route_threshold) is float and type(model.clean_share_max) is float  # as JSON writes them
+    model.set_clean_share_max(np.int64(1))
+    for bad in (np.float32(1.5), np.bool_(True), np.float64('nan')):
+        with pytest.raises(ValueError, match=r'clean_share_max must be a number in \[0, 1\]'):
+            _tiny(clean_share_max=bad)
+        with pytest.raises(ValueError, match='route_threshold must be a number strictly between 0 and 1'):
+            _tiny(route_threshold=bad)

@@ -153,3 +153,77 @@ def test_refusals_say_what_was_expected(campaign, tmp_path):
     listing.write_text(text.replace('- folder: `output/campaign/zoo`', '- folder: `x`'))
     done = state_script(repo, 'restore')
     assert done.returncode == 2 and "holds the state of 'x'" in done.stderr
+
+
+def _refused(done, message):
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert 'Traceback' not in done.stderr
+
+
+def test_saving_another_folder_keeps_the_campaigns_listing(campaign):
+    repo, _ = campaign
+    assert state_script(repo, 'save').returncode == 0
+    held = git(repo, 'rev-parse', 'HEAD~1')
+    other = repo / 'output' / 'other'
+    other.mkdir()
+    (other / 'manifest.json').write_text(json.dumps({'plan_name': 'x', 'slices': [{'started': 'now'}], 'stages': {}}))
+    done = state_script(repo, 'save', 'output/other', '--unfinished')
+    assert done.returncode == 0, done.stderr
+    assert f'- commit: `{held}`' in (repo / 'scripts' / 'campaign_state.md').read_text()  # the campaign's, kept
+    own = repo / 'scripts' / 'campaign_state-output+other.md'
+    assert '- folder: `output/other`' in own.read_text() and own.name in done.stdout
+    shutil.rmtree(repo / ZOO)
+    done = state_script(repo, 'restore')
+    assert done.returncode == 0 and 'restored (sha256 checked)' in done.stdout, done.stderr
+    shutil.rmtree(other)
+    assert state_script(repo, 'restore', 'output/other').returncode == 0 and (other / 'manifest.json').exists()
+
+
+def test_restore_never_overwrites_newer_files_without_being_told(campaign):
+    repo, files = campaign
+    assert state_script(repo, 'save').returncode == 0
+    (repo / ZOO / 'manifest.json').unlink()
+    log = repo / ZOO / 'runs' / 'student' / 'log.jsonl'
+    newer = '{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n'
+    log.write_text(newer)
+    _refused(state_script(repo, 'restore'), 'differ from the saved state (output/campaign/zoo/runs/student/log.jsonl)')
+    assert log.read_text() == newer and not (repo / ZOO / 'manifest.json').exists()
+    done = state_script(repo, 'restore', '--overwrite')
+    assert done.returncode == 0 and log.read_bytes() == files[f'{ZOO}/runs/student/log.jsonl'], done.stderr
+
+
+def test_the_default_folder_is_the_repositorys_wherever_it_runs(campaign):
+    repo, _ = campaign
+    done = state_script(repo, 'save', cwd=repo / 'scripts')
+    assert done.returncode == 0 and 'output/campaign/zoo saved' in done.stdout, done.stderr
+    shutil.rmtree(repo / ZOO)
+    done = state_script(repo, 'restore', cwd=repo / 'scripts')
+    assert done.returncode == 0 and (repo / ZOO / 'manifest.json').exists(), done.stderr
+
+
+def test_manifests_and_listings_that_are_not_a_campaigns_are_one_line_refusals(campaign):
+    repo, _ = campaign
+    manifest = repo / ZOO / 'manifest.json'
+    good = manifest.read_text()
+    for text, message in ((good[:len(good) // 2], 'is not valid JSON'),
+                          (json.dumps(dict(json.loads(good), slices='one')), "'slices' 'one'"),
+                          ('[]', 'got a JSON list'), ('{}', 'is not a campaign manifest')):
+        manifest.write_text(text)
+        done = state_script(repo, 'save')
+        _refused(done, message)
+        assert 'has not finished' not in done.stderr and not git(repo, 'status', '--porcelain')
+    manifest.write_text(good)
+    assert state_script(repo, 'save').returncode == 0
+    shutil.rmtree(repo / ZOO)
+    listing = repo / 'scripts' / 'campaign_state.md'
+    text = listing.read_text()
+    commit_line = next(line for line in text.splitlines() if line.startswith('- commit:'))
+    listing.write_text(text.replace(commit_line + '\n', ''))
+    _refused(state_script(repo, 'restore'), "has no valid '- commit: `...`' line")
+    listing.write_text(text.replace('- folder: `output/campaign/zoo`', '- folder: output/campaign/zoo'))
+    _refused(state_script(repo, 'restore'), "has no valid '- folder: `...`' line")
+    first = git(repo, 'rev-list', '--max-parents=0', 'HEAD')  # a commit of this clone, without the state
+    listing.write_text(text.replace(commit_line, f'- commit: `{first}`'))
+    done = state_script(repo, 'restore')
+    _refused(done, f'commit {first[:12]} holds no output/campaign/zoo/')
+    assert 'git fetch' not in done.stderr and not (repo / ZOO).exists()

@@ -119,3 +119,23 @@ def test_imagefolder_decodes_in_the_models_channel_count(tmp_path):
         load_dataset('imagefolder', str(tmp_path), 'train', in_chans=2)
     with pytest.raises(DatasetError, match="'cifar10' gives RGB images .* in_chans=1"):
         load_dataset('cifar10', str(tmp_path), 'train', in_chans=1)
+
+
+def test_an_unreadable_image_stops_the_load_naming_the_file(tmp_path):
+    write_imagefolder(tmp_path, 'train')
+    broken = tmp_path / 'train' / 'dog' / 'broken.png'
+    broken.write_bytes(b'\x89PNG\r\n\x1a\n not really')
+    with pytest.raises(DatasetError, match=f"'{broken}' is not an image PIL can read .*the run stops, no image is skipped"):
+        load_dataset('imagefolder', str(tmp_path), 'train')
+
+
+def test_a_val_split_of_other_classes_than_train_is_refused(tmp_path):
+    from awnet_timm.training import train
+    from awnet_timm.training.config import ConfigError
+    from conftest import TINY, tiny_config
+    write_imagefolder(tmp_path / 'data', 'train', classes=('a', 'b'))
+    write_imagefolder(tmp_path / 'data', 'val', classes=('a', 'z'))
+    cfg = tiny_config(str(tmp_path / 'data'), tmp_path / 'out', model='cifar_resnet18', model_kwargs=TINY,
+                      recipe='standard', train_size=6, val_size=6, batch_size=2, img_size=12)
+    with pytest.raises(ConfigError, match=r"the val split's classes \['a', 'z'\] are not the train split's \['a', 'b'\]"):
+        train(cfg)

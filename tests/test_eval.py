@@ -489,7 +489,8 @@ def test_command_line_refusals_are_one_line(cifar10_root, digits, trained_awnet,
         assert message in err and err.count('\n') == 1 and 'Traceback' not in err, (argv, err)
     assert not (tmp_path / 'a.json').exists()
     odd_ok = tmp_path / 'odd.json'
-    assert main(['eval', '--model', 'cifar_resnet18', '--model-kwargs', tiny, '--dataset', 'imagefolder', '--data-dir', str(odd),
+    two = json.dumps(dict(TINY, num_classes=2))  # the folder's 2 classes: a head of another count is refused
+    assert main(['eval', '--model', 'cifar_resnet18', '--model-kwargs', two, '--dataset', 'imagefolder', '--data-dir', str(odd),
                  '--n', '2', '--img-size', '16', '--attacks', 'fgsm', '--no-sanity', '--no-progress', '--out', str(odd_ok)]) == 0
     assert json.loads(odd_ok.read_text())['data']['img_size'] == 16
 
@@ -570,3 +571,109 @@ def test_a_record_of_a_local_dir_export_carries_its_sha256_and_goes_into_the_exp
     assert record['checkpoint_sha256'] == sha256(os.path.join(folder, 'model.safetensors'))
     result = export_checkpoint(run, folder, eval_record=str(out), overwrite=True)  # `awnet export --eval`
     assert result.evaluated and json.loads(open(os.path.join(folder, 'awnet_eval.json')).read())['checkpoint_sha256'] == result.sha256
+
+
+def _one_line_refusal(argv, message, capsys):
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1 and 'Traceback' not in err, (argv, err)
+
+
+def test_resume_refuses_an_earlier_report_whose_per_image_outcomes_it_did_not_write(cifar10_root, tmp_path, capsys):
+    from awnet_timm.hub import export_checkpoint
+    from hub_fixtures import TINY_STATIC, make_run
+    folder = export_checkpoint(make_run(str(tmp_path / 'run'), model='cifar_resnet18', model_kwargs=TINY_STATIC),
+                               str(tmp_path / 'export')).folder
+    out = tmp_path / 'report.json'
+    args = ['eval', '--model', f'local-dir:{folder}', '--data-dir', cifar10_root, '--n', '8', '--batch-size', '8',
+            '--no-sanity', '--no-progress', '--out', str(out)]
+    assert main(args + ['--attacks', 'fgsm']) == 0
+    good = json.loads(out.read_text())
+    fgsm = good['per_sample']['fgsm']
+    flipped = ''.join('0' if b == '1' else '1' if c == '1' else '0' for b, c in zip(fgsm, good['per_sample']['clean']))
+    broken = [
+        (dict(per_sample=dict(good['per_sample'], fgsm='abcdefgh')), "per-image outcome of 'fgsm' is 'abcdefgh'"),
+        (dict(per_sample=dict(good['per_sample'], fgsm=[int(b) for b in fgsm])), "expected a string of 8 '0'/'1'"),
+        (dict(per_sample=dict(good['per_sample'], fgsm=fgsm[:5])), "expected a string of 8 '0'/'1'"),
+        (dict(attacks=[dict(good['attacks'][0], robust_acc=good['attacks'][0]['robust_acc'] + 0.25)]),
+         'but its recorded accuracy is'),
+        (dict(attacks='fgsm'), "'attacks' must be a list of attack records"),
+        (dict(attacks=[{k: v for k, v in good['attacks'][0].items() if k != 'name'}]), "each with a 'name'"),
+        (dict(per_sample=list(good['per_sample'].values())), "'per_sample' must be an object"),
+        (dict(elapsed_seconds='12'), "'elapsed_seconds' must be a number of seconds"),
+    ]
+    if flipped.count('1') != fgsm.count('1'):
+        broken.append((dict(per_sample=dict(good['per_sample'], fgsm=flipped)), 'but its recorded accuracy is'))
+    for change, message in broken:
+        out.write_text(json.dumps(dict(good, **change)))
+        before = out.read_text()
+        _one_line_refusal(args + ['--attacks', 'fgsm', 'pgd_sat', '--resume'], message, capsys)
+        assert out.read_text() == before  # refused before anything is written
+    from awnet_timm.eval.harness import check_earlier_result
+    with pytest.raises(EvaluationError, match='counts images robust that are misclassified when clean'):
+        check_earlier_result({'clean_acc': 0.5, 'attacks': [{'name': 'fgsm', 'params': {}, 'robust_acc': 0.5}],
+                              'per_sample': {'clean': '1100', 'fgsm': '0011'}}, 4)
+    out.write_text(json.dumps(good))
+    assert main(args + ['--attacks', 'fgsm', 'pgd_sat', '--resume']) == 0  # the report as written still continues
+    assert json.loads(out.read_text())['per_sample']['fgsm'] == fgsm
+
+
+def test_a_timm_model_is_fed_pixels_normalized_by_its_cfg_and_a_head_of_other_classes_is_refused(
+        cifar10_root, tmp_path, capsys):
+    import timm
+    from safetensors.torch import save_file
+    model = timm.create_model('resnet10t', pretrained=False, num_classes=10).eval()
+    weights = tmp_path / 'resnet10t.safetensors'
+    save_file(model.state_dict(), str(weights))
+    out = tmp_path / 'r10t.json'
+    args = ['eval', '--model', 'resnet10t', '--data-dir', cifar10_root, '--n', '6', '--batch-size', '6', '--attacks',
+            'fgsm', '--no-sanity', '--no-progress']
+    assert main(args + ['--checkpoint', str(weights), '--model-kwargs', '{"num_classes": 10}', '--out', str(out)]) == 0
+    assert 'pixels are normalized with mean' in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    mean, std = model.pretrained_cfg['mean'], model.pretrained_cfg['std']
+    assert record['input_normalization'] == {'mean': list(mean), 'std': list(std), 'source': 'pretrained_cfg'}
+    x, y, _ = load_eval_data('cifar10-offline', cifar10_root, 'test-exact', 6)
+    with torch.no_grad():
+        normalized = model((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    assert record['per_sample']['clean'] == ''.join('1' if c else '0' for c in (normalized.argmax(1) == y).tolist())
+    assert 'normalized with the model\'s pretrained_cfg mean' in out.with_suffix('.md').read_text()
+    _one_line_refusal(args + ['--out', str(tmp_path / 'head.json')],
+                      'the model gives 1000 class scores, but the labels go from 0 to 9', capsys)
+    assert not (tmp_path / 'head.json').exists()
+
+
+def test_model_kwargs_a_model_does_not_take_or_cut_off_json_are_one_line(cifar10_root, tmp_path, capsys):
+    base = ['eval', '--data-dir', cifar10_root, '--n', '4', '--attacks', 'fgsm', '--no-sanity', '--no-progress',
+            '--out', str(tmp_path / 'a.json')]
+    _one_line_refusal(base + ['--model', 'awnet_r18', '--model-kwargs', json.dumps(dict(TINY_AWNET, route_treshold=0.9))],
+                      "--model-kwargs: awnet_r18 takes no argument 'route_treshold'", capsys)
+    _one_line_refusal(base + ['--model', 'resnet10t', '--model-kwargs', '{"route_threshold": 0.9, "num_classes": 10}'],
+                      "--model-kwargs: resnet10t takes no argument 'route_threshold'", capsys)
+    with pytest.raises(SystemExit):
+        main(base + ['--model', 'resnet10t', '--model-kwargs', '{"route_threshold": 0.'])
+    err = capsys.readouterr().err
+    assert 'argument --model-kwargs: not valid JSON (' in err and 'at character' in err and 'invalid loads' not in err
+    assert not (tmp_path / 'a.json').exists()
+
+
+def test_eval_never_overwrites_a_file_it_did_not_write(cifar10_root, tmp_path, capsys):
+    base = ['eval', '--model', 'cifar_resnet18', '--model-kwargs', json.dumps(TINY), '--data-dir', cifar10_root,
+            '--n', '4', '--attacks', 'fgsm', '--no-progress']
+    notes = tmp_path / 'notes.md'
+    notes.write_text('my notes\n')
+    _one_line_refusal(base + ['--no-sanity', '--out', str(tmp_path / 'notes.json')], "'" + str(notes) + "' exists beside",
+                      capsys)
+    assert notes.read_text() == 'my notes\n' and not (tmp_path / 'notes.json').exists()
+    other = tmp_path / 'other.json'
+    other.write_text('{"mine": 1}\n')
+    _one_line_refusal(base + ['--no-sanity', '--out', str(other)], 'exists and is not a report of awnet eval', capsys)
+    _one_line_refusal(base + ['--no-sanity', '--out', str(other), '--resume'], 'exists and is not a report', capsys)
+    assert other.read_text() == '{"mine": 1}\n'
+    plot = tmp_path / 'fresh-eps.png'
+    plot.write_bytes(b'not ours')
+    _one_line_refusal(base + ['--sanity-n', '2', '--out', str(tmp_path / 'fresh.json')], 'fresh-eps.png', capsys)
+    assert plot.read_bytes() == b'not ours'
+    report = tmp_path / 'report.json'
+    assert main(base + ['--no-sanity', '--out', str(report)]) == 0
+    assert main(base + ['--no-sanity', '--out', str(report)]) == 0  # its own report and table: written again

@@ -111,3 +111,64 @@ def test_a_refused_weights_commit_leaves_the_index_as_it_was(repo):
     assert not _git(repo, 'diff', '--cached', '--name-only') and _git(repo, 'rev-list', '--count', 'HEAD') == '1'
     hook.unlink()
     assert _script(repo, repo, 'commit', 'hub/releases/awnet_r18.mtard_cifar10').returncode == 0
+
+
+def _released(repo):
+    """The repo after `commit` of both folders: (listing path, its text, {name: weights bytes})."""
+    releases = repo / 'hub' / 'releases'
+    files = {n: (releases / n / 'model.safetensors').read_bytes() for n in os.listdir(releases)}
+    assert _script(repo, repo, 'commit', *[f'hub/releases/{n}' for n in files]).returncode == 0
+    listing = releases / 'README.md'
+    return listing, listing.read_text(), files
+
+
+def _one_line_error(done, message):
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_restore_keeps_a_differing_local_file_unless_told_to_overwrite_it(repo):
+    listing, text, files = _released(repo)
+    weights = repo / 'hub' / 'releases' / 'awnet_r18.mtard_cifar10' / 'model.safetensors'
+    weights.write_bytes(b'my newer weights')
+    done = _script(repo, repo, 'restore')
+    _one_line_error(done, 'differs from the listed sha256')
+    assert '--overwrite' in done.stderr and weights.read_bytes() == b'my newer weights'
+    assert not (repo / 'hub' / 'releases' / 'cifar_resnet18.mtard_cifar10' / 'model.safetensors').exists()  # nothing
+    done = _script(repo, repo, 'restore', '--overwrite')
+    assert done.returncode == 0 and done.stdout.count('restored') == 2, done.stderr
+    assert weights.read_bytes() == files['awnet_r18.mtard_cifar10']
+    weights.unlink()
+    weights.mkdir()  # a folder where the weights file goes
+    _one_line_error(_script(repo, repo, 'restore', '--overwrite'), "is a folder, where the weights file goes")
+
+
+def test_restore_names_the_rows_it_cannot_read_and_reads_reformatted_tables(repo):
+    listing, text, files = _released(repo)
+    rows = [line for line in text.splitlines() if line.startswith('| `hub/')]
+    sha = rows[0].split('`')[3]
+    listing.write_text(text.replace(sha, sha.upper()))
+    done = _script(repo, repo, 'restore', 'hub/releases/cifar_resnet18.mtard_cifar10')
+    _one_line_error(done, 'has table rows that are not')
+    assert 'awnet_r18.mtard_cifar10/model.safetensors' in done.stderr
+    assert not (repo / 'hub' / 'releases' / 'cifar_resnet18.mtard_cifar10' / 'model.safetensors').exists()
+    # a formatter's table: re-padded cells, no trailing pipe
+    padded = text.replace('|---|---:|---|---|', '| --- | ---: | --- | --- |')
+    padded = '\n'.join('|  ' + line.strip('|').replace(' | ', '  |  ').rstrip() if line.startswith('| `') else line
+                       for line in padded.splitlines()) + '\n'
+    listing.write_text(padded)
+    done = _script(repo, repo, 'restore')
+    assert done.returncode == 0 and done.stdout.count('restored') == 2, done.stderr
+    releases = repo / 'hub' / 'releases'
+    assert {n: (releases / n / 'model.safetensors').read_bytes() for n in files} == files
+
+
+def test_restore_from_a_commit_without_the_file_says_so_not_to_fetch_it(repo):
+    listing, text, _ = _released(repo)
+    first = _git(repo, 'rev-list', '--max-parents=0', 'HEAD')  # in this clone, without the weights
+    held = text.split('`')[-2]
+    listing.write_text(text.replace(held, first))
+    done = _script(repo, repo, 'restore')
+    _one_line_error(done, f'commit {first[:12]} holds no hub/releases/')
+    assert 'git fetch' not in done.stderr
+    listing.write_text(text.replace(held, 'f' * 40))
+    _one_line_error(_script(repo, repo, 'restore'), 'that commit is not in this clone')

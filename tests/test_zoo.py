@@ -833,3 +833,49 @@ def test_a_campaign_saved_through_git_continues_in_a_fresh_clone(digits, request
     assert main(['zoo', 'report', zoo, '--plot', str(tmp_path / 'c.png')]) == 0
     report = capsys.readouterr().out
     assert '(restored)' in report and f'commit {held[:12]}' in report
+
+
+def _report_folder(tmp_path, **changes):
+    """A zoo folder by hand: a training stage with a logged run, one whose run folder is gone, one finished slice."""
+    zoo = tmp_path / 'zoo'
+    run = zoo / 'runs' / 'student'
+    run.mkdir(parents=True)
+    run.joinpath('log.jsonl').write_text(''.join(json.dumps({'epoch': e, 'epoch_seconds': 600.0, 'val_clean_acc': 0.5,
+                                                             'val_pgd_acc': 0.2}) + '\n' for e in (1, 2)))
+    manifest = {'plan_name': 'p', 'stages': {'student': {'kind': 'train', 'run_dir': 'runs/student'},
+                                             'gone': {'kind': 'train', 'run_dir': 'runs/gone'},
+                                             'evaluate': {'kind': 'evaluate'}},
+                'slices': [{'started': 'then', 'finished': 'later', 'budget_minutes': 20,
+                            'stages': {'student': {'epochs_trained': 2, 'epochs_before': 0, 'epochs_after': 2}}}]}
+    zoo.joinpath('manifest.json').write_text(json.dumps(dict(manifest, **changes)))
+    return str(zoo)
+
+
+def test_zoo_report_says_what_it_cannot_show(tmp_path, capsys):
+    zoo = _report_folder(tmp_path)
+    assert main(['zoo', 'report', zoo]) == 0
+    out = capsys.readouterr().out
+    assert "training stage 'gone': its run folder" in out and 'is missing: no holdout curve' in out
+    assert '| student | 2 |' in out and 'missing from this report' in out
+    zoo = _report_folder(tmp_path / 'no-slices', slices=None)
+    assert main(['zoo', 'report', zoo]) == 0
+    out = capsys.readouterr().out
+    assert "the manifest has no 'slices' list" in out and '0 slice(s)' not in out
+    zoo = _report_folder(tmp_path / 'null-stages', slices=[{'started': 'then', 'warm_start': True, 'stages': None}])
+    assert main(['zoo', 'report', zoo]) == 0
+    out = capsys.readouterr().out
+    assert 'warm start' not in out and '(no stage records)' in out and 'slice 1 has no stage records' in out
+
+
+def test_zoo_report_refusals_come_before_the_report_and_say_what_was_expected(tmp_path, capsys):
+    zoo = _report_folder(tmp_path)
+    for argv, message in ((['--stages', 'nosuchstage'], "--stages: nosuchstage is not a training stage of"),
+                          (['--stages', 'evaluate'], 'is not a training stage'),
+                          (['--plot', str(tmp_path / 'zoo' / 'manifest.json' / 'c.png')], 'is a file, not a folder')):
+        assert main(['zoo', 'report', zoo] + argv) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.err.count('\n') == 1 and not captured.out, (argv, captured)
+    assert not os.path.exists(os.path.join(zoo, 'curves.png'))
+    assert main(['zoo', 'report', os.path.join(zoo, 'manifest.json')]) == 2
+    err = capsys.readouterr().err
+    assert 'is a file: give the --out folder' in err and f"('{zoo}' for this one)" in err

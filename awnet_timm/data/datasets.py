@@ -73,6 +73,20 @@ def _load_torchvision_cifar(name: str, root: str, split: str, download: bool) ->
     return _from_nhwc(ds.data, ds.targets, ds.classes)
 
 
+def _decode(path: str, img_size: Optional[int], in_chans: int) -> np.ndarray:
+    """One ImageFolder image as (H, W, in_chans) uint8; an unreadable file stops the load naming it (skipping it
+    would silently train or score on another set than the folder holds)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert(_PIL_MODES[in_chans])
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError; truncated: OSError
+        raise DatasetError(f"'{path}' is not an image PIL can read ({e}): the run stops, no image is skipped; "
+                           f"replace or remove that file") from None
+    if img_size is not None and im.size != (img_size, img_size):
+        im = im.resize((img_size, img_size), Image.BICUBIC)
+    return np.asarray(im).reshape(im.size[1], im.size[0], in_chans)
+
+
 def _load_imagefolder(root: str, split: str, img_size: Optional[int], in_chans: int) -> ImageTensors:
     from torchvision.datasets import ImageFolder
     split_dir = os.path.join(root, split)
@@ -84,13 +98,7 @@ def _load_imagefolder(root: str, split: str, img_size: Optional[int], in_chans: 
     ds = ImageFolder(split_dir)
     if not ds.samples:
         raise DatasetError(f"'{split_dir}' has class folders but no images")
-    images = []
-    for path, _ in ds.samples:
-        with Image.open(path) as im:
-            im = im.convert(_PIL_MODES[in_chans])
-            if img_size is not None and im.size != (img_size, img_size):
-                im = im.resize((img_size, img_size), Image.BICUBIC)
-            images.append(np.asarray(im).reshape(im.size[1], im.size[0], in_chans))
+    images = [_decode(path, img_size, in_chans) for path, _ in ds.samples]
     sizes = {im.shape for im in images}
     if len(sizes) > 1:
         raise DatasetError(f"images in '{split_dir}' have different sizes {sorted(sizes)}: pass img_size to resize them")

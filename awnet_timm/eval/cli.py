@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import re
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -10,7 +11,7 @@ import torch
 from ..data import load_dataset
 from ..utils import atomic_write_text, check_output_path, number_arg, read_json, resolve_device, sha256_file
 from .filters import conv_layer_name, filter_means, plot_filter_means, summarize
-from .harness import SANITY_N, answered_by, evaluate_robustness
+from .harness import SANITY_N, answered_by, check_earlier_result, evaluate_robustness
 from .report import build_record, load_record, markdown_table, plot_eps_curve, plot_tradeoff, write_report
 from .suite import GROUPS, build_suite, validate_suite_args
 
@@ -114,8 +115,51 @@ def load_model(spec: str, model_kwargs: Dict[str, Any] = None):
     """'name', 'name.tag', 'hf-hub:org/repo', 'local-dir:folder' or 'name=CHECKPOINT' -> (model, weights file or None)."""
     from ..training.checkpoint import create_model_with_weights
     name, _, checkpoint = spec.partition('=')
-    model = create_model_with_weights(name, checkpoint, **(model_kwargs or {}))
+    kwargs = model_kwargs or {}
+    try:
+        model = create_model_with_weights(name, checkpoint, **kwargs)
+    except TypeError as e:  # a key the model's constructor does not take: say which, not where Python noticed it
+        key = re.search(r"unexpected keyword argument '([^']+)'", str(e))
+        if key is None or key[1] not in kwargs:
+            raise
+        raise ValueError(f"--model-kwargs: {name} takes no argument '{key[1]}' (given {sorted(kwargs)}); check its "
+                         f"spelling, or drop it for a model that does not have it") from None
     return model, weights_file(model, name, checkpoint)
+
+
+def dataset_classes(dataset: str, data_dir: str, split: str) -> int:
+    """How many classes a dataset's labels range over (an ImageFolder: its split's class folders)."""
+    if dataset == 'imagefolder':
+        from torchvision.datasets.folder import find_classes
+        return len(find_classes(os.path.join(data_dir, split))[0])
+    return 100 if dataset == 'cifar100' else 10
+
+
+def check_classes(heads: Any, name: str, classes: int, dataset: str) -> None:
+    """Refuse a classifier head (of `heads` classes, the model's num_classes) of another class count than the labels':
+    its scores of the extra classes make every accuracy wrong without an error (a 1000-class head on 10 labels)."""
+    if isinstance(heads, int) and not isinstance(heads, bool) and heads != classes:
+        raise ValueError(f'the model gives {heads} class scores, but the labels go from 0 to {classes - 1} ({dataset} '
+                         f'has {classes} classes): evaluate a model made for these classes, or build {name} with '
+                         f'--model-kwargs \'{{"num_classes": {classes}}}\'')
+
+
+def pixel_input(model: torch.nn.Module, in_chans: int) -> Tuple[torch.nn.Module, Optional[Dict[str, Any]]]:
+    """ (model taking [0, 1] pixels, the normalization put in front of it or None).
+
+    Attacks and their eps work on [0, 1] pixels; a timm model whose pretrained_cfg has another mean/std than
+    0/1 (an ImageNet-normalized one) is wrapped to normalize its pixels with them, as timm's transforms would.
+    """
+    from ..training.teachers import PixelInput
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    mean, std = tuple(cfg.get('mean') or ()), tuple(cfg.get('std') or ())
+    if all(m == 0 for m in mean) and all(v == 1 for v in std):
+        return model, None
+    if len(mean) not in (1, in_chans) or len(std) not in (1, in_chans):
+        raise ValueError(f'the model\'s pretrained_cfg normalizes {len(mean)} channels (mean {mean}, std {std}), but it '
+                         f'takes {in_chans}: give a model whose cfg matches its input channels')
+    norm = {'mean': [float(m) for m in mean], 'std': [float(v) for v in std], 'source': 'pretrained_cfg'}
+    return PixelInput(model, norm['mean'], norm['std']), norm
 
 
 def check_eval_args(args) -> None:
@@ -128,6 +172,30 @@ def check_eval_args(args) -> None:
     for flag, value in (('--batch-size', args.batch_size), ('--sanity-n', args.sanity_n)):
         if value < 1:
             raise ValueError(f'{flag} must be at least 1, got {value}')
+
+
+def _is_report(path: str) -> bool:
+    """Whether `path` is a JSON report that awnet eval wrote (so that writing it again loses nothing of anyone's)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and 'awnet_eval_version' in record
+
+
+def check_report_target(out: str, sanity: bool) -> None:
+    """ Refuse an --out whose files (the .json, the .md and -eps.png beside it) exist but were not written by awnet
+    eval: a report overwrites its own files only, never notes or a report of another tool. """
+    stem = os.path.splitext(out)[0]
+    ours = os.path.isfile(out) and _is_report(out)
+    if os.path.exists(out) and not ours:
+        raise ValueError(f"--out '{out}' exists and is not a report of awnet eval: it is left as it is; give another "
+                         f"--out, or move it away")
+    for beside in [stem + '.md'] + ([stem + '-eps.png'] if sanity else []):
+        if os.path.exists(beside) and not ours:
+            raise ValueError(f"'{beside}' exists beside --out '{out}', which holds no report of awnet eval, so it was "
+                             f"not written by it and is left as it is; give another --out, or move it away")
 
 
 def earlier_report(path: str, model: str, sha: Optional[str], data: Dict[str, Any], eps: float, seed: int,
@@ -147,6 +215,10 @@ def earlier_report(path: str, model: str, sha: Optional[str], data: Dict[str, An
         if before.get(key) != value:
             raise ValueError(f"--resume: '{path}' is another evaluation: its {key} is {before.get(key)!r}, this one's "
                              f"{value!r}; give another --out, or drop --resume to start it again")
+    try:
+        check_earlier_result(record, data['n'])
+    except ValueError as e:
+        raise ValueError(f"--resume: '{path}': {e}") from None
     return record
 
 
@@ -157,8 +229,11 @@ def run_eval(args) -> int:
         raise ValueError('--resume continues the report at --out: give --out')
     out = args.out or os.path.join('output', 'eval', f"{args.model.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     check_output_path(out)  # before any attack: an unwritable path must not cost the evaluation
+    check_report_target(out, args.sanity)
     spec = args.model + (f'={args.checkpoint}' if args.checkpoint else '')
     model, weights = load_model(spec, args.model_kwargs)
+    heads, in_chans = getattr(model, 'num_classes', None), _in_chans(model)
+    model, normalization = pixel_input(model, in_chans)
     model = model.to(device).eval()
     surrogates = {}
     for s in args.surrogate:
@@ -168,7 +243,11 @@ def run_eval(args) -> int:
                         router_steps=args.router_steps, square_queries=args.square_queries, aa_version=args.aa_version,
                         seed=args.seed, batch_size=args.aa_batch_size, surrogates=surrogates, progress=args.progress)
     split = args.split or _DEFAULT_SPLIT[args.dataset]
-    x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, _in_chans(model), args.start)
+    x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, in_chans, args.start)
+    check_classes(heads, args.model, dataset_classes(args.dataset, args.data_dir, split), args.dataset)
+    if normalization:
+        print(f"awnet eval: {args.model} expects normalized inputs (its pretrained_cfg): [0, 1] pixels are normalized "
+              f"with mean {normalization['mean']}, std {normalization['std']}")
     print(f"awnet eval: {spec} on {info['description']}, {device}, attacks: {', '.join(s.name for s in specs)}")
     sha = sha256_file(weights) if weights else None
     if args.resume and sha is None:
@@ -182,11 +261,11 @@ def run_eval(args) -> int:
             print(f'awnet eval: {out} is complete for these attacks and checks: nothing to continue')
             return 0
         print(f"awnet eval: continuing {out}: {', '.join(names) or 'no attack'} finished "
-              f"({previous['elapsed_seconds'] / 60:.1f} min), taken from it")
+              f"({previous.get('elapsed_seconds', 0.0) / 60:.1f} min), taken from it")
 
     def save(result):  # after every attack, so an interruption or a late failure loses nothing
         record = build_record(result, args.model, args.checkpoint or args.model, info, args.eps, args.seed, str(device),
-                              checkpoint_sha256=sha, model_kwargs=args.model_kwargs)
+                              checkpoint_sha256=sha, model_kwargs=args.model_kwargs, input_normalization=normalization)
         write_report(record, out)
         return record
 
@@ -199,6 +278,15 @@ def run_eval(args) -> int:
     print(markdown_table(record))
     print(f'awnet eval: report in {out} (and .md{", -eps.png" if args.sanity else ""})')
     return 0
+
+
+def _json_arg(text: str) -> Any:
+    """argparse type of --model-kwargs: any JSON (that it is an object is checked with the other arguments)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f'not valid JSON ({e.msg} at character {e.pos} of {text!r}): expected an '
+                                         f'object such as \'{{"route_threshold": 0.9}}\'') from None
 
 
 def _switch(p: argparse.ArgumentParser, flag: str, default: bool, help_text: str) -> None:
@@ -216,7 +304,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                                    'worst case is taken over all of them.')
     p.add_argument('--model', required=True, help='timm model name, name.tag or hf-hub:org/repo')
     p.add_argument('--checkpoint', default='', help='weights: .safetensors file or run directory of awnet train')
-    p.add_argument('--model-kwargs', type=json.loads, default={}, help='extra model arguments as JSON')
+    p.add_argument('--model-kwargs', type=_json_arg, default={}, metavar='JSON', help='extra model arguments as JSON')
     p.add_argument('--dataset', default='cifar10-offline', choices=sorted(_DEFAULT_SPLIT), help='dataset (default: %(default)s)')
     p.add_argument('--data-dir', required=True, help='dataset root (e.g. ../shared/data/cifar10)')
     p.add_argument('--split', default='', help="split (default: test-exact for cifar10-offline, test for cifar10/100, val for imagefolder)")

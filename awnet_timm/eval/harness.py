@@ -32,7 +32,7 @@ from ..attacks import check_pixels
 from ..models import AWNet
 from .suite import PROTOCOL_EPS, AttackSpec, pgd_spec
 
-__all__ = ['evaluate_robustness', 'answered_by', 'detection_auc', 'sanity_checks', 'EvaluationError', 'SANITY_EPS', 'SANITY_N']
+__all__ = ['evaluate_robustness', 'answered_by', 'check_earlier_result', 'detection_auc', 'sanity_checks', 'EvaluationError', 'SANITY_EPS', 'SANITY_N']
 
 SANITY_EPS = (2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255, 32 / 255, 128 / 255)
 SANITY_N = 200  # points of the eps sweep and of the PGD-100 check
@@ -118,13 +118,53 @@ def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, specs: Seq
                               f'{int(y.max())}: evaluate a model made for this dataset\'s classes')
 
 
+def _check_bits(name: str, bits: Any, n: int, accuracy: Any, within: Optional[str] = None) -> None:
+    """An earlier result's per-image outcomes of `name`: n '0'/'1' characters whose share of '1' is its recorded
+    accuracy (and, for an attack, '1' only where `within`, the clean outcomes, is '1'), else EvaluationError."""
+    def refuse(what: str):
+        raise EvaluationError(f"the earlier result's per-image outcome of '{name}' {what}: it is not what this tool "
+                              f"wrote; start a new evaluation (drop --resume or give another --out)")
+    if not isinstance(bits, str) or len(bits) != n or set(bits) - {'0', '1'}:
+        shown = bits if isinstance(bits, str) and len(bits) <= 40 else type(bits).__name__
+        refuse(f"is {shown!r}, expected a string of {n} '0'/'1' characters (one per image)")
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or abs(bits.count('1') / n - accuracy) > 0.5 / n:
+        refuse(f"has {bits.count('1')} of {n} images correct, but its recorded accuracy is {accuracy!r}")
+    if within is not None and any(b == '1' and c == '0' for b, c in zip(bits, within)):
+        refuse("counts images robust that are misclassified when clean")
+
+
+def check_earlier_result(previous: Any, n: int) -> None:
+    """ The shape of an earlier result (or its record) that `previous` continues from, checked before anything is
+    taken from it: a resumed evaluation takes its per-image outcomes as they are, so a hand-edited or damaged one
+    would silently change the worst case (EvaluationError says what is wrong). """
+    if not isinstance(previous, dict):
+        raise EvaluationError(f'the earlier result must be a JSON object (a report of awnet eval), got '
+                              f'{type(previous).__name__}')
+    attacks, bits = previous.get('attacks', []), previous.get('per_sample')
+    if not isinstance(attacks, list) or not all(isinstance(a, dict) and isinstance(a.get('name'), str)
+                                                and isinstance(a.get('params'), dict) for a in attacks):
+        raise EvaluationError("the earlier result's 'attacks' must be a list of attack records, each with a 'name' "
+                              "and its 'params': it is not what this tool wrote; start a new evaluation")
+    if not isinstance(bits, dict):
+        raise EvaluationError(f"the earlier result's 'per_sample' must be an object of per-image outcomes by name, "
+                              f"got {type(bits).__name__}: start a new evaluation")
+    elapsed = previous.get('elapsed_seconds', 0.0)
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not 0 <= elapsed < float('inf'):
+        raise EvaluationError(f"the earlier result's 'elapsed_seconds' must be a number of seconds >= 0, got "
+                              f"{elapsed!r}: start a new evaluation")
+    _check_bits('clean', bits.get('clean'), n, previous.get('clean_acc'))
+    for record in attacks:
+        _check_bits(record['name'], bits.get(record['name']), n, record.get('robust_acc'), within=bits['clean'])
+
+
 def _finished_attacks(previous: Dict[str, Any], specs: Sequence[AttackSpec],
                       clean_correct: torch.Tensor) -> Dict[str, Tuple[Dict[str, Any], torch.Tensor]]:
     """{name: (record, per-sample correct)} of the attacks an earlier run of this evaluation finished."""
-    bits = previous.get('per_sample') or {}
-    if bits.get('clean') != _bits(clean_correct):
+    bits = previous.get('per_sample') if isinstance(previous, dict) else None
+    if not isinstance(bits, dict) or bits.get('clean') != _bits(clean_correct):
         raise EvaluationError('the earlier result\'s clean predictions are not this run\'s: another model, checkpoint or '
                               'images; start a new evaluation')
+    check_earlier_result(previous, len(clean_correct))
     wanted = {s.name: s for s in specs}
     finished = {}
     for record in previous.get('attacks', []):
@@ -136,9 +176,6 @@ def _finished_attacks(previous: Dict[str, Any], specs: Sequence[AttackSpec],
         if record['params'] != params:
             raise EvaluationError(f"the earlier result ran '{name}' with {record['params']}, this run asks for {params}: "
                                   f"start a new evaluation")
-        if len(bits.get(name, '')) != len(clean_correct):
-            raise EvaluationError(f"the earlier result has no per-image outcome of '{name}' for these "
-                                  f"{len(clean_correct)} images: start a new evaluation")
         finished[name] = (record, torch.tensor([b == '1' for b in bits[name]]))
     return finished
 
@@ -202,7 +239,7 @@ def evaluate_robustness(
     device = device or next(model.parameters()).device
     model = model.to(device).eval()
     _check_inputs(model, x, y, specs, batch_size, sanity_n if sanity else None, device)
-    t_start = time.time() - (previous or {}).get('elapsed_seconds', 0.0)
+    t_run = time.time()
     clean_pred, clean_p = [], []
     for i in range(0, len(x), batch_size):
         logits, pc = _predict(model, x[i:i + batch_size].to(device))
@@ -214,6 +251,7 @@ def evaluate_robustness(
     clean_acc = clean_correct.float().mean().item()
 
     finished = _finished_attacks(previous, specs, clean_correct) if previous is not None else {}
+    t_start = t_run - (previous or {}).get('elapsed_seconds', 0.0)  # checked by _finished_attacks
     attacks, outcomes = [], {}
     for spec in specs:
         if spec.name in finished:

@@ -40,9 +40,11 @@ def build_record(
         checkpoint_sha256: Optional[str] = None,
         number_forward_passes: int = 1,
         model_kwargs: Optional[Dict[str, Any]] = None,
+        input_normalization: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The JSON record of one evaluation run (the output of `evaluate_robustness` plus what was evaluated;
-    `model_kwargs`: the model's extra arguments, e.g. a test-time route_threshold)."""
+    `model_kwargs`: the model's extra arguments, e.g. a test-time route_threshold; `input_normalization`: the
+    mean/std the [0, 1] pixels were normalized with in front of a model that does not do it itself)."""
     aa = next((a for a in result['attacks'] if a['name'] == 'autoattack'), None)
     pct = lambda v: f'{100 * v:.2f}'  # noqa: E731
     record = {
@@ -51,6 +53,7 @@ def build_record(
         'checkpoint': checkpoint,
         'checkpoint_sha256': checkpoint_sha256,
         'model_kwargs': dict(model_kwargs or {}),
+        **({'input_normalization': input_normalization} if input_normalization else {}),
         'data': data,
         'norm': 'Linf',
         'eps': eps,
@@ -89,6 +92,9 @@ def markdown_table(record: Dict[str, Any]) -> str:
     built = f" ({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})" if kwargs else ''
     lines = [f"**{record['model']}**{built} on {record['data'].get('description', '')} (N = {n}), L-inf eps {record['eps_str']}: "
              f"clean accuracy {100 * record['clean_acc']:.2f}%", '',
+             *([f"Inputs: [0, 1] pixels normalized with the model's pretrained_cfg mean "
+                f"{record['input_normalization']['mean']}, std {record['input_normalization']['std']}.", '']
+               if record.get('input_normalization') else []),
              '| attack | kind | robust acc (%) | W-Robust acc (%) | mean P(clean) on x_adv | detection AUC | time (s) |',
              '|---|---|---:|---:|---:|---:|---:|']
     for a in record['attacks']:

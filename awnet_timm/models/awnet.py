@@ -33,6 +33,7 @@ norm site is the Adv BN however clean the router finds an input; b = 0 runs the 
 training too (to inputs sent down the router's own route). docs/adaptive_attacks.md measures it.
 """
 import math
+import numbers
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
@@ -75,18 +76,21 @@ def _check_route(route: str) -> None:
         raise ValueError(f"unknown route '{route}': expected one of 'auto', 'clean', 'adv', 'detach'")
 
 
+def _is_number(value: Any) -> bool:
+    """A real number, numpy scalars included (a threshold read from an array), booleans excluded."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_route_threshold(threshold: Optional[float], temperature: float) -> None:
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if threshold is not None and not (number(threshold) and 0. < threshold < 1.):
+    if threshold is not None and not (_is_number(threshold) and 0. < threshold < 1.):
         raise ValueError(f'route_threshold must be a number strictly between 0 and 1 (a P(clean) level), or None, '
                          f'got {threshold!r}')
-    if not (number(temperature) and 0. <= temperature < float('inf')):
+    if not (_is_number(temperature) and 0. <= temperature < float('inf')):
         raise ValueError(f'route_temperature must be a finite number >= 0 (0: a hard threshold), got {temperature!r}')
 
 
 def _check_clean_share_max(value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0. <= value <= 1.:
+    if not _is_number(value) or not 0. <= value <= 1.:
         raise ValueError(f"clean_share_max must be a number in [0, 1] (the Clean BN's largest share of a MixBN blend; "
                          f"1: the paper's blend, 0: Adv BN only), got {value!r}")
 
@@ -269,7 +273,7 @@ class AWNet(nn.Module):
                              f'(mix_bn={self.mix_bn}, type_head={self.use_type_head})')
         if threshold is None and temperature != 0.:
             raise ValueError(f'route_temperature {temperature} sharpens P(clean) at a route_threshold: give one too')
-        self.route_threshold = threshold
+        self.route_threshold = None if threshold is None else float(threshold)  # a numpy scalar as a plain float
         self.route_temperature = float(temperature)
 
     @torch.jit.ignore

@@ -221,7 +221,11 @@ def _load_data(cfg: TrainConfig, d: _Dist) -> Tuple[ImageTensors, Optional[Image
         if cfg.val_size >= len(train):
             raise ConfigError(f'val_size {cfg.val_size} leaves no training images out of {len(train)}')
         return train.subset(0, len(train) - cfg.val_size), train.subset(len(train) - cfg.val_size)
-    return train, load_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, False, cfg.img_size, cfg.val_size, in_chans)
+    val = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, False, cfg.img_size, cfg.val_size, in_chans)
+    if val.classes != train.classes:  # labels are class indices: another class set scores one class as another
+        raise ConfigError(f"the {cfg.val_split} split's classes {list(val.classes)} are not the {cfg.train_split} "
+                          f"split's {list(train.classes)}: give an ImageFolder whose splits have the same class folders")
+    return train, val
 
 
 def _with_built_model_kwargs(cfg: TrainConfig) -> TrainConfig:

@@ -73,7 +73,8 @@ def pack_command(args) -> int:
 
 def report_command(args) -> int:
     from .plan import ZooError
-    from .report import curve_table, load_manifest, plot_curves, provenance, slice_table, stage_curves
+    from ..utils import check_output_path
+    from .report import curve_table, load_manifest, missing_data, plot_curves, provenance, slice_table, stage_curves
     m = load_manifest(args.dir)
     if args.provenance:  # the card section of one training stage, for release scripts
         if (m['stages'].get(args.provenance) or {}).get('kind') != 'train' or 'settings' not in m['stages'][args.provenance]:
@@ -81,8 +82,17 @@ def report_command(args) -> int:
                            f"{', '.join(n for n, s in m['stages'].items() if s.get('kind') == 'train')}")
         print(provenance(m, args.provenance), end='')
         return 0
+    training = [n for n, s in m['stages'].items() if s.get('kind') == 'train']
+    unknown = [n for n in args.stages or [] if n not in training]
+    if unknown:
+        raise ZooError(f"--stages: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a training stage "
+                       f"of {args.dir}: {', '.join(training) or 'it has none'}")
+    plot = args.plot or os.path.join(args.dir, 'curves.png')
+    check_output_path(plot)  # before the report is printed: an unwritable plot must not come after it
     curves = stage_curves(args.dir, m)
-    print(f"zoo folder {args.dir}: plan {m.get('plan_name')}, {len(m.get('slices', []))} slice(s)\n")
+    slices = m.get('slices')
+    print(f"zoo folder {args.dir}: plan {m.get('plan_name')}, "
+          f"{len(slices) if isinstance(slices, list) else 'no record of its'} slice(s)\n")
     print(slice_table(m) + '\n')
     print(curve_table(curves))
     if m.get('warm_start'):
@@ -91,7 +101,9 @@ def report_command(args) -> int:
     for r in m.get('restored') or []:
         print(f"restored on a fresh machine at {r['at']} from the state saved at {r.get('saved')} (commit {r['commit'][:12]}, "
               f"scripts/campaign_state.py)")
-    plot = args.plot or os.path.join(args.dir, 'curves.png')
+    missing = missing_data(args.dir, m, curves)
+    if missing:
+        print('\nmissing from this report:\n' + '\n'.join(f'- {line}' for line in missing))
     plot_curves(curves, m, plot, args.stages or None)
     print(f'\nplot: {plot}')
     return 0

@@ -13,11 +13,14 @@ from ..utils import read_json
 from .budget import measured_epochs
 from .plan import ZooError
 
-__all__ = ['stage_curves', 'slice_table', 'curve_table', 'plot_curves', 'load_manifest', 'provenance', 'latest_evaluation']
+__all__ = ['stage_curves', 'missing_data', 'slice_table', 'curve_table', 'plot_curves', 'load_manifest', 'provenance', 'latest_evaluation']
 
 
 def load_manifest(out: str) -> Dict[str, Any]:
     path = os.path.join(out, 'manifest.json')
+    if os.path.isfile(out):
+        raise ZooError(f"'{out}' is a file: give the --out folder of `awnet zoo run`, the folder that holds "
+                       f"manifest.json ('{os.path.dirname(out) or '.'}' for this one)")
     if not os.path.isfile(path):
         raise ZooError(f"'{out}' holds no zoo run (no manifest.json): give the --out folder of `awnet zoo run`")
     m = read_json(path, ZooError, 'zoo manifest')
@@ -42,14 +45,41 @@ def stage_curves(out: str, manifest: Dict[str, Any]) -> Dict[str, List[Dict[str,
     return curves
 
 
+def missing_data(out: str, manifest: Dict[str, Any], curves: Dict[str, List[Dict[str, Any]]]) -> List[str]:
+    """What the report cannot show, one line each: a report that leaves a stage or a slice out must say so."""
+    missing = []
+    slices = manifest.get('slices')
+    if not isinstance(slices, list):
+        missing.append(f"the manifest has no 'slices' list (got {slices!r}): no slice can be shown")
+    else:
+        missing += [f"slice {k} has no stage records (stages: {sl.get('stages')!r}): what it trained is unknown"
+                    for k, sl in enumerate(slices, 1) if isinstance(sl, dict) and not isinstance(sl.get('stages'), dict)]
+    for name, s in manifest['stages'].items():
+        if s.get('kind') != 'train' or name in curves:
+            continue
+        if not s.get('run_dir'):
+            missing.append(f"training stage '{name}' has no run folder in the manifest: no holdout curve")
+        elif not os.path.isdir(os.path.join(out, s['run_dir'])):
+            missing.append(f"training stage '{name}': its run folder {os.path.join(out, s['run_dir'])} is missing: "
+                           f"no holdout curve")
+        else:
+            missing.append(f"training stage '{name}': no epoch in {os.path.join(out, s['run_dir'], 'log.jsonl')}: "
+                           f"no holdout curve")
+    return missing
+
+
 def slice_table(manifest: Dict[str, Any]) -> str:
     """One row per slice and training stage it trained: epochs, images/s, CPU-minutes, holdout at its end."""
     lines = ['| slice | started | budget (min) | wall (min) | CPU (min) | stage | precision | epochs | images/s | '
              'holdout clean / PGD-10 (last epoch) |', '|---:|---|---:|---:|---:|---|---|---|---:|---|']
-    for k, sl in enumerate(manifest.get('slices', []), 1):
+    slices = manifest.get('slices')
+    for k, sl in enumerate(slices if isinstance(slices, list) else [], 1):
         head = (f"| {k} | {sl.get('started', '')}{' (restored)' if sl.get('restored') else ''} | {sl.get('budget_minutes', 0):g} | "
                 f"{(sl.get('wall_seconds') or 0) / 60:.0f} | {sl.get('cpu_minutes') or 0:.0f} |")
         trained = {n: e for n, e in (sl.get('stages') or {}).items() if e.get('epochs_trained')}
+        if not isinstance(sl.get('stages'), dict):
+            lines.append(f'{head} (no stage records) | | | | |')
+            continue
         if not trained:
             note = 'warm start' if sl.get('warm_start') else 'evaluation / export only' if sl.get('finished') else \
                 'ended before its first epoch did'
@@ -94,7 +124,9 @@ def plot_curves(curves: Dict[str, List[Dict[str, Any]]], manifest: Dict[str, Any
         ax.plot(hours, [100 * r['val_pgd_acc'] for r in rows], '-o', ms=3, color=color, label=f'{name} PGD-10')
         ax.plot(hours, [100 * r['val_clean_acc'] for r in rows], '--', color=color, label=f'{name} clean')
         ends = set()
-        for sl in manifest.get('slices', []):
+        for sl in manifest['slices'] if isinstance(manifest.get('slices'), list) else []:
+            if not isinstance(sl, dict):
+                continue
             if name in (sl.get('redone') or {}):  # the stage started again: earlier slices trained another run
                 ends = set()
             e = (sl.get('stages') or {}).get(name) or {}
