@@ -438,6 +438,25 @@ def test_the_report_set_is_the_exact_test_images_from_500_and_says_so(cifar10_ro
             load_eval_data('cifar10-offline', cifar10_root, 'test-exact', n, start=start)
 
 
+def test_awnet_eval_download_hands_the_download_to_torchvision(monkeypatch, tmp_path):
+    import numpy as np
+    import torchvision.datasets
+    seen = []
+
+    class FakeCIFAR10:  # torchvision's class as the loader calls it; no network here
+        def __init__(self, root, train, download):
+            seen.append((root, train, download))
+            self.data, self.targets = np.zeros((6, 32, 32, 3), np.uint8), [0, 1, 2, 3, 4, 5]
+            self.classes = [str(i) for i in range(10)]
+    monkeypatch.setattr(torchvision.datasets, 'CIFAR10', FakeCIFAR10)
+    out = tmp_path / 'r.json'
+    assert main(['eval', '--model', 'cifar_resnet18', '--model-kwargs', json.dumps(TINY), '--dataset', 'cifar10',
+                 '--download', '--data-dir', str(tmp_path / 'cifar'), '--n', '4', '--attacks', 'fgsm', '--no-sanity',
+                 '--no-progress', '--out', str(out)]) == 0
+    assert seen == [(str(tmp_path / 'cifar'), False, True)]
+    assert json.loads(out.read_text())['data']['description'] == 'first 4 CIFAR-10 test images'
+
+
 def test_plots_keep_labels_apart_and_accuracy_above_zero(tmp_path):
     offsets = label_offsets([(50.0, 30.0), (50.0, 30.0), (50.5, 29.8), (90.0, 10.0)])
     assert len(set(offsets[:3])) == 3 and offsets[3] == offsets[0]  # near points stack, a far one does not

@@ -34,7 +34,7 @@ def image_set_name(dataset: str, split: str, start: int, stop: int) -> str:
 
 
 def load_eval_data(dataset: str, data_dir: str, split: str, n: Optional[int], img_size: Optional[int] = None,
-                   in_chans: int = 3, start: int = 0) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+                   in_chans: int = 3, start: int = 0, download: bool = False) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
     """ n images of a split (None: all) from image `start` on, as [0, 1] pixels, and a description of what was taken.
 
     CIFAR: images start .. start+n-1 in the official order. ImageFolder (no official order): a fixed random subset
@@ -46,8 +46,8 @@ def load_eval_data(dataset: str, data_dir: str, split: str, n: Optional[int], im
         raise ValueError(f'--start must be an image index >= 0, got {start!r}')
     if start and dataset == 'imagefolder':
         raise ValueError('--start takes CIFAR images from an index on; an ImageFolder has no official order: use --n')
-    data = load_dataset(dataset, data_dir, split, limit=None if n is None else start + n, img_size=img_size,
-                        in_chans=in_chans)
+    data = load_dataset(dataset, data_dir, split, download=download, limit=None if n is None else start + n,
+                        img_size=img_size, in_chans=in_chans)
     if start >= len(data) or (n is not None and len(data) < start + n):
         have = len(data) - start
         raise ValueError(f'asked for {n or "all"} images of {dataset}/{split} from image {start}, which has only '
@@ -243,7 +243,8 @@ def run_eval(args) -> int:
                         router_steps=args.router_steps, square_queries=args.square_queries, aa_version=args.aa_version,
                         seed=args.seed, batch_size=args.aa_batch_size, surrogates=surrogates, progress=args.progress)
     split = args.split or _DEFAULT_SPLIT[args.dataset]
-    x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, in_chans, args.start)
+    x, y, info = load_eval_data(args.dataset, args.data_dir, split, args.n, args.img_size, in_chans, args.start,
+                                args.download)
     check_classes(heads, args.model, dataset_classes(args.dataset, args.data_dir, split), args.dataset)
     if normalization:
         print(f"awnet eval: {args.model} expects normalized inputs (its pretrained_cfg): [0, 1] pixels are normalized "
@@ -307,6 +308,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--model-kwargs', type=_json_arg, default={}, metavar='JSON', help='extra model arguments as JSON')
     p.add_argument('--dataset', default='cifar10-offline', choices=sorted(_DEFAULT_SPLIT), help='dataset (default: %(default)s)')
     p.add_argument('--data-dir', required=True, help='dataset root (e.g. ../shared/data/cifar10)')
+    p.add_argument('--download', action='store_true',
+                   help="let torchvision download the dataset into --data-dir (datasets 'cifar10' and 'cifar100')")
     p.add_argument('--split', default='', help="split (default: test-exact for cifar10-offline, test for cifar10/100, val for imagefolder)")
     p.add_argument('--n', type=int, default=1000,
                    help='images: the first N in official order (ImageFolder: a fixed random subset) (default: %(default)s)')
