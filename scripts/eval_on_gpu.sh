@@ -2,7 +2,7 @@
 # The release evaluation of exported Hub folders on a bare GPU machine in one call: offline install, data check, then
 # for each folder `awnet eval` on the first N exact test images (the paper's attacks, the router attacks for an AW-Net,
 # AutoAttack standard last, then the sanity checks) and clean accuracy on the 10,000 JPEG test images. scripts/README.md
-# gives the device call.
+# says how to run it on a GPU machine.
 #
 #   bash scripts/eval_on_gpu.sh RELEASE_DIR [RELEASE_DIR ...]     (a folder of `awnet export`: config.json, model.safetensors)
 #

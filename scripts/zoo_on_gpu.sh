@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `awnet zoo` on a bare GPU machine in one call: offline install, data check, the smoke plan on the GPU and, only if
-# it passed, the real plan, then the results packed for the trip back. scripts/README.md gives the device calls.
+# it passed, the real plan, then the results packed for the trip back. scripts/README.md says how to run it.
 #
 #   bash scripts/zoo_on_gpu.sh [BUDGET_MINUTES]          (default 6.5: the real plan's budget)
 #
