@@ -160,13 +160,14 @@ def main(argv=None) -> int:
         if ('twin', None) not in done:
             rows.append(evaluate(args, 'twin', twin_cfg.model, twin_weights, twin_cfg.model_kwargs, x, y, {}, None))
             save()
-    models = [('start', os.path.join(args.run, 'last.safetensors'), cfg.model_kwargs)]
+    models = []
     for variant in args.variants:
         run_dir = fine_tune(args, variant)
         kwargs = {k: v for k, v in load_run_config(run_dir).model_kwargs.items() if k != 'clean_share_max'}
         models.append((variant, os.path.join(run_dir, 'last.safetensors'), kwargs))
-    for name, weights, kwargs in models:
-        for bound in args.bounds:
+    models.append(('start', os.path.join(args.run, 'last.safetensors'), cfg.model_kwargs))
+    for bound in args.bounds:  # cap by cap, so a screening stopped early has every model at the first caps
+        for name, weights, kwargs in models:
             if (name, bound) not in done:
                 rows.append(evaluate(args, name, cfg.model, weights, kwargs, x, y, surrogates, bound))
                 save()
