@@ -696,3 +696,20 @@ def test_eval_never_overwrites_a_file_it_did_not_write(cifar10_root, tmp_path, c
     report = tmp_path / 'report.json'
     assert main(base + ['--no-sanity', '--out', str(report)]) == 0
     assert main(base + ['--no-sanity', '--out', str(report)]) == 0  # its own report and table: written again
+
+
+def test_a_hard_route_threshold_makes_the_worst_case_an_upper_bound_wherever_it_is_shown():
+    """No attack passes gradients through a hard threshold (route_temperature 0): its worst case is said to be an upper
+    bound in the record, its table and the card's rows; a soft threshold (temperature > 0) passes gradients."""
+    from awnet_timm.eval.report import upper_bound
+    from awnet_timm.hub.card import _bound
+    result = {'clean_acc': 0.5, 'attacks': [], 'router': None, 'elapsed_seconds': 1.0, 'per_sample': {},
+              'worst_case': {'robust_acc': 0.25, 'w_robust_acc': 0.375, 'attacks': ['pgd_sat']}}
+    hard = build_record(result, 'awnet_r18', 'run', {'n': 4}, 8 / 255, 0, 'cpu', model_kwargs={'route_threshold': 0.9})
+    assert 'upper bound' in hard['worst_case']['upper_bound'] and 'route_threshold=0.9' in hard['worst_case']['upper_bound']
+    assert '(per sample; upper bound)' in markdown_table(hard) and 'upper bound' in hard['model_info']['footnote']
+    assert _bound(hard) == ' (upper bound)'
+    for kwargs in ({}, {'route_threshold': 0.9, 'route_temperature': 0.1}):
+        record = build_record(result, 'awnet_r18', 'run', {'n': 4}, 8 / 255, 0, 'cpu', model_kwargs=kwargs)
+        assert 'upper_bound' not in record['worst_case'] and 'upper bound' not in markdown_table(record)
+        assert not upper_bound(kwargs) and _bound(record) == ''

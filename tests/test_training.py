@@ -340,6 +340,33 @@ def test_diverging_run_stops_and_keeps_the_last_finite_checkpoint(digits, tmp_pa
     assert not (tmp_path / 'first').exists()
 
 
+def test_a_loss_that_explodes_without_becoming_nan_stops_the_run(digits, tmp_path, monkeypatch):
+    """A mean training loss past LOSS_EXPLOSION x the first epoch's stops the run though it stays finite (it would
+    otherwise end with exit 0 and ship its best checkpoint); a resumed run reads the first epoch's loss from its log."""
+    from awnet_timm.training import trainer
+    now, real_seed, real_step = {'epoch': 0}, trainer._seed_epoch, trainer.train_step
+
+    def seed_epoch(cfg, epoch, rank):
+        now['epoch'] = epoch
+        return real_seed(cfg, epoch, rank)
+
+    def growing_step(*args, **kwargs):  # from the third epoch on, a loss of ~1e12: large, finite
+        loss, metrics = real_step(*args, **kwargs)
+        scale = 1e12 if now['epoch'] >= 2 else 1.0
+        return loss * scale, dict(metrics, loss=metrics['loss'] * scale)
+    monkeypatch.setattr(trainer, '_seed_epoch', seed_epoch)
+    monkeypatch.setattr(trainer, 'train_step', growing_step)
+    cfg = tiny_config(digits, tmp_path, model='cifar_resnet18', model_kwargs=TINY, recipe='standard', epochs=2)
+    assert train(cfg).epochs_done == 2
+    resumed = dataclasses.replace(cfg, epochs=3, resume=str(tmp_path / 'run'))
+    with pytest.raises(DivergenceError, match=r"loss exploded \(mean .*, over 1e\+06 x the first epoch's .*\) in epoch 3 "
+                                              r".*keeps its last finite epoch \(2\)"):
+        train(resumed)
+    assert [_strict_json(line)['epoch'] for line in open(tmp_path / 'run' / 'log.jsonl')] == [1, 2]
+    with pytest.raises(DivergenceError, match='exploded .* in epoch 3 .by step 2.'):  # at a log line, within the epoch
+        train(dataclasses.replace(resumed, log_interval=2))
+
+
 def test_finetune_records_the_model_arguments_it_built(digits, tmp_path):
     src = train(tiny_config(digits, tmp_path / 'src', model='cifar_resnet18', model_kwargs=TINY, recipe='standard',
                             val_size=0)).run_dir

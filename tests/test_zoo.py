@@ -89,7 +89,18 @@ def test_smoke_plan_runs_every_stage(smoke):
         with open(os.path.join(out, results[name]['record'])) as f:
             record = json.load(f)
         assert len(record['per_sample']['clean']) == 8 and record['worst_case']['robust_acc'] <= record['clean_acc']
+        # the sanity checks ran (on the first chunk), so the record's verdict is one
+        assert record['sanity'] and record['sanity_passed'] is not None and record['sanity_cost']['n'] == 8
+        assert record['eps_curve'] and 'first chunk' in record['chunks']['sanity']
     assert 'forced_clean' in results[STUDENTS[0]]['attacks'] and 'forced_clean' not in results[STUDENTS[1]]['attacks']
+    # AW-Net is also attacked by transfer from its static twin at the twin's current weights, and only AW-Net
+    twin = f'transfer_{STUDENTS[1]}'
+    assert twin in results[STUDENTS[0]]['attacks'] and not [a for a in results[STUDENTS[1]]['attacks'] if 'transfer' in a]
+    with open(os.path.join(out, results[STUDENTS[0]]['record'])) as f:
+        record = json.load(f)
+    transfer = next(a for a in record['attacks'] if a['name'] == twin)
+    assert transfer['params']['surrogate_sha256'] == {STUDENTS[1]: sha256_file(os.path.join(out, m['stages'][STUDENTS[1]]['weights']))}
+    assert twin in record['worst_case']['attacks']
     assert 'pgd20_acc' in results['teacher_robust'] and 'pgd20_acc' not in results['teacher_clean']
     table = summary_table(m)
     assert f"{STUDENTS[0]}: clean {100 * results[STUDENTS[0]]['clean_acc']:.1f}% (N=64), worst" in table and '(N=8)' in table
@@ -269,6 +280,11 @@ def test_merge_chunks_equals_one_evaluation():
         if b['router']:
             assert math.isclose(a['router']['p_clean_adv_mean'], b['router']['p_clean_adv_mean'], rel_tol=1e-5)
     assert math.isclose(merged['router']['p_clean_clean_mean'], whole['router']['p_clean_clean_mean'], rel_tol=1e-5)
+    assert 'sanity' not in merged and 'sanity' not in merged['chunks']
+    first = evaluate_robustness(model, x[:4], y[:4], specs, batch_size=4, sanity_n=2, progress=False)
+    merged = merge_chunks([first, evaluate_robustness(model, x[4:], y[4:], specs, batch_size=4, sanity=False, progress=False)])
+    assert merged['sanity'] == first['sanity'] and merged['sanity_cost']['n'] == 2  # the checks of the first chunk, said so
+    assert merged['eps_curve'] == first['eps_curve'] and 'first chunk (4 images' in merged['chunks']['sanity']
 
 
 def test_pack_unpack_round_trip(smoke, tmp_path):
@@ -503,6 +519,9 @@ def test_bad_plans_are_refused_in_one_line_when_they_load(tmp_path, capsys):
         (dict(good, stages=good['stages'][:4] + [dict(evaluate, router_steps=0)]), 'router_steps must be >= 1'),
         (dict(good, stages=good['stages'][:4] + [dict(evaluate, clean_n=0)]), 'clean_n must be >= 1'),
         (dict(good, stages=good['stages'][:4] + [dict(evaluate, min_holdout_pgd=30)]), r'min_holdout_pgd is a holdout accuracy in \[0, 1\]'),
+        (dict(good, stages=good['stages'][:4] + [dict(evaluate, sanity_n=0)]), 'sanity_n must be >= 1'),
+        (dict(good, stages=good['stages'][:4] + [dict(evaluate, attacks=['transfer_pgd'])]),
+         r"transfer attacks \['transfer_pgd'\] apply only to an AW-Net beside a static student \(its surrogate\): name other"),
         (dict(good, stages=[dict(good['stages'][0], share='0.1')]), "share must be a number, got '0.1'"),
         (dict(good, train=[]), 'train must be an object'),
         (dict(good, stages=good['stages'][:1] + [dict(good['stages'][1], after='teacher_clean')]), 'after must be a list of names'),
@@ -623,9 +642,12 @@ def test_campaign_slices_continue_every_stage_to_its_planned_total(digits, reque
         assert [sl['stages'][n]['epochs_after'] for n in STUDENTS] == [k, k]
         assert all(sl['stages'][n]['epochs_trained'] == 1 and sl['stages'][n]['images_per_second'] > 0 for n in STUDENTS)
         assert sl['cpu_minutes'] > 0 and sl['budget_minutes'] == 20
-    for k, sl in enumerate(m['slices'], 1):  # evaluated: the models whose best (holdout) checkpoint changed
-        new = [n for n in STUDENTS if sl['stages'][n]['holdout_best']['epoch'] == k]
+    last = {}  # the slice each student was last evaluated in
+    for k, sl in enumerate(m['slices'], 1):  # evaluated: the models whose best (holdout) checkpoint changed, and
+        new = [n for n in STUDENTS if sl['stages'][n]['holdout_best']['epoch'] == k]  # AW-Net when its twin's did
+        new = [STUDENTS[0]] * (STUDENTS[1] in new and STUDENTS[0] not in new) + new  # (its transfer surrogate)
         assert sl['evaluated'] == (['teacher_clean'] if k == 1 else []) + new  # the teacher's weights: slice 1 only
+        last.update(dict.fromkeys(new, k))
     for name in STUDENTS:
         s = m['stages'][name]
         assert s['status'] == 'done' and s['epochs_done'] == 3
@@ -633,10 +655,9 @@ def test_campaign_slices_continue_every_stage_to_its_planned_total(digits, reque
         assert [r['epoch'] for r in log] == [1, 2, 3]  # continued, never restarted
         lrs = [r['lr'] for r in log]
         assert lrs == sorted(lrs, reverse=True) and lrs[0] > lrs[-1]  # one decaying schedule over the 3 epochs
-        best = m['slices'][-1]['stages'][name]['holdout_best']['epoch']
-        assert m['stages']['evaluate']['results'][name]['epochs_done'] == best  # evaluated when its best was saved
+        assert m['stages']['evaluate']['results'][name]['epochs_done'] == last[name]  # at its epochs then
         with open(os.path.join(zoo, m['stages']['export']['folders'][name], 'README.md')) as f:
-            assert f'{best} epoch(s) of a planned 3' in f.read()
+            assert f'{last[name]} epoch(s) of a planned 3' in f.read()
     # the campaign's record: a row per slice and stage, the holdout curve per epoch, a plot
     capsys = request.getfixturevalue('capsys')
     capsys.readouterr()
@@ -763,27 +784,129 @@ def test_the_cpu_plan_names_its_releases_by_their_registered_tags():
         assert model.endswith('_025') and model.startswith(plan.stage(name).config['model'])
 
 
-def test_a_campaign_evaluates_every_student_once_one_reaches_the_gate():
-    """Issue 17 item 4: the static twin is evaluated beside AW-Net at equal epochs, though its own holdout is lower."""
+def test_a_campaign_evaluates_every_student_once_one_reaches_the_gate(tmp_path):
+    """Issue 17 item 4: the static twin is evaluated beside AW-Net at equal epochs, though its own holdout is lower.
+    The gate reads the runs' logs: once an epoch reached it, it stays open whatever the best checkpoint and whatever
+    evaluations the manifest keeps (a --redo of the evaluation drops them all)."""
     from awnet_timm.zoo import runner
     plan = load_plan('cifar10-cpu')
     stage = next(s for s in plan.stages if s.name == 'evaluate')
     assert plan.campaign and stage.min_holdout_pgd == 0.3
-    run = runner._Run.__new__(runner._Run)  # only the plan, the stages' records and the manifest are read
-    run.plan, best = plan, {}
-    run.manifest = {'stages': {'evaluate': {'kind': 'evaluate', 'results': {}}}}
-    run.record = lambda name: {'best': {'val_pgd_acc': best[name]}} if name in best else {}
+    run = runner._Run.__new__(runner._Run)  # only the plan and the runs' logs are read
+    run.plan, run.out, run.manifest = plan, str(tmp_path), {'stages': {}}
+
+    def epochs(name, *pgd):  # the epoch records of a run's log, as the trainer writes them
+        os.makedirs(run.run_dir(name), exist_ok=True)
+        with open(os.path.join(run.run_dir(name), 'log.jsonl'), 'w') as f:
+            f.writelines(json.dumps({'epoch': e, 'epoch_seconds': 60.0, 'val_pgd_acc': p}) + '\n' for e, p in enumerate(pgd, 1))
+    both = ['student_awnet_r18_025', 'student_cifar_resnet18_025']
     assert run.ready(stage) == []  # nothing trained yet
-    best.update(student_awnet_r18_025=0.263, student_cifar_resnet18_025=0.172)
+    epochs(both[0], 0.157, 0.263)
+    epochs(both[1], 0.15, 0.172)
     assert run.ready(stage) == []  # both below: the slice's time goes to training
-    best.update(student_awnet_r18_025=0.304, student_cifar_resnet18_025=0.204)
-    assert run.ready(stage) == ['student_awnet_r18_025', 'student_cifar_resnet18_025']
-    run.manifest['stages']['evaluate']['results']['student_awnet_r18_025'] = {'complete': True}
-    best.update(student_awnet_r18_025=0.293)  # slice 6: the best checkpoint by W-Robust, below the floor
-    assert run.ready(stage) == ['student_awnet_r18_025', 'student_cifar_resnet18_025']  # evaluated once: from then on
+    epochs(both[0], 0.157, 0.263, 0.304)
+    assert run.ready(stage) == both
+    epochs(both[0], 0.157, 0.263, 0.304, 0.293)  # slice 6: the best checkpoint by W-Robust may sit below the floor
+    run.manifest['stages'] = {both[0]: {'best': {'val_pgd_acc': 0.293}}, 'evaluate': {'results': {}}}  # after --redo
+    assert run.ready(stage) == both
     run.plan = dataclasses.replace(plan, campaign=False)  # a fit run evaluates every student
-    best.clear()
-    assert run.ready(stage) == ['student_awnet_r18_025', 'student_cifar_resnet18_025']
+    shutil.rmtree(os.path.join(str(tmp_path), 'runs'))
+    assert run.ready(stage) == both
+
+
+def test_a_stage_whose_min_epochs_do_not_fit_does_not_start():
+    """A fit run's stage starts only when its min_epochs fit its time (it used to train 1 epoch and end 'done')."""
+    from awnet_timm.zoo import runner
+    plan = load_plan('smoke')
+    stage = dataclasses.replace(plan.stage('teacher_clean'), min_epochs=3, max_epochs=5)
+    run = runner._Run.__new__(runner._Run)
+    run.plan, run.manifest, run.save = dataclasses.replace(plan, stages=[stage]), {'stages': {}}, lambda: None
+    member = runner._Member(stage, None, '', 0, 0, epoch_seconds=10., setup_seconds=1., images=64, probe=None,
+                            estimate='probe')
+    assert run.planned_total([member], [], 45.) == (4, 4)  # 4 epochs and the setup: 41 s
+    assert run.planned_total([member], [], 25.) == (3, 0)  # 3 epochs need 31 s: none is trained
+    run.conclude(member, 3, 0, 25.)
+    assert run.manifest['stages']['teacher_clean']['status'] == 'skipped'
+    assert 'cannot finish: 3 epoch(s) need ~31 s' in run.manifest['stages']['teacher_clean']['reason']
+    started = dataclasses.replace(member, done=1, planned=5)  # a run that has epochs keeps them
+    assert run.planned_total([started], [], 5.) == (1, 1)
+
+
+def test_compact_models_are_recorded_and_released_under_their_registered_name(tmp_path):
+    """awnet_r18 at a quarter of the widths is awnet_r18_025 (the name its export's config.json gives), in the
+    evaluation's results and records and in its release folder's name."""
+    from awnet_timm.zoo import runner
+    plan = load_plan('cifar10-cpu')
+    run = runner._Run.__new__(runner._Run)
+    run.plan, run.out, run.manifest = plan, str(tmp_path), {'stages': {}}
+    teachers = {t: ('cifar_resnet18', 'w.safetensors') for t in TEACHERS}
+    for name in ('student_awnet_r18_025', 'student_cifar_resnet18_025', 'teacher_clean'):
+        cfg = stage_config(plan, plan.stage(name), 'data', os.path.join(run.out, 'runs'), teachers=teachers)
+        os.makedirs(run.run_dir(name))
+        with open(os.path.join(run.run_dir(name), 'config.json'), 'w') as f:
+            f.write(cfg.to_json())
+        run.manifest['stages'][name] = {'run_dir': f'runs/{name}', 'recipe': cfg.recipe, 'model': cfg.model}
+    assert run.architecture('student_awnet_r18_025') == 'awnet_r18_025'
+    assert run.release_folder('student_awnet_r18_025') == os.path.join(run.out, 'releases', 'awnet_r18_025.mtard_cifar10-cpu')
+    assert run.release_folder('student_cifar_resnet18_025').endswith(os.sep + 'cifar_resnet18_025.mtard_cifar10-cpu')
+    assert run.architecture('teacher_clean') == 'cifar_resnet18_025'
+
+
+def test_a_robust_teachers_pgd20_step_scales_with_eps(monkeypatch):
+    """The teachers' PGD-20 is the suite's pgd_sat: 2/255 at eps 8/255, 1/255 at 4/255 (it was 2/255 at any eps)."""
+    from awnet_timm.zoo import runner
+    smoke = load_plan('smoke')
+    plan = dataclasses.replace(smoke, train=dict(smoke.train, eps=4 / 255))
+    run = runner._Run.__new__(runner._Run)
+    run.plan, run.device, run.progress = plan, torch.device('cpu'), False
+    run.manifest = {'stages': {'teacher_robust': {'recipe': 'pgd_at', 'epochs_done': 1, 'epochs_planned': 1}}}
+    model = timm.create_model('cifar_resnet18', num_classes=10, layers=[1, 1, 1, 1], channels=[16, 32, 64, 128]).eval()
+    run.load, run.architecture = lambda name: model, lambda name: 'cifar_resnet18'
+    x, y = torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)
+    run._split = lambda split, n, cache: (x, y, {'description': 'four images'})
+    seen, real = [], runner.evaluate_robustness
+    monkeypatch.setattr(runner, 'evaluate_robustness', lambda m, x, y, specs, *a, **k: seen.extend(specs) or real(m, x, y, specs, *a, **k))
+    res = run.evaluate_teacher('teacher_robust', plan.stage('evaluate'), {})
+    assert [s.params['steps'] for s in seen] == [20] and seen[0].params['step_size'] == pytest.approx(1 / 255)
+    assert res['pgd20_params'] == seen[0].params and res['pgd20_n'] == 4
+
+
+def test_a_student_whose_attacks_grew_since_its_evaluation_is_evaluated_again(smoke, tmp_path):
+    """A finished student's evaluation stands only while its record holds the attacks the stage asks for now, expanded,
+    with their parameters: one made before 'router' had two_phase_clean (or with another step size) is redone."""
+    code, out, data = smoke
+    zoo = _copy_zoo(out, tmp_path)
+    m = _manifest(zoo)
+    path = os.path.join(zoo, m['stages']['evaluate']['results'][STUDENTS[0]]['record'])
+    with open(path) as f:
+        record = json.load(f)
+    record['attacks'] = [a for a in record['attacks'] if a['name'] != 'two_phase_clean']  # as before the group grew
+    record['worst_case']['attacks'].remove('two_phase_clean')
+    del record['per_sample']['two_phase_clean']
+    with open(path, 'w') as f:
+        json.dump(record, f)
+    plan = _write_plan(tmp_path, m['plan'])
+    next(s for s in m['plan']['stages'] if s['name'] == 'evaluate').pop('sanity_n')  # a manifest older than sanity_n:
+    with open(os.path.join(zoo, 'manifest.json'), 'w') as f:  # its plan had the default, so the stage did not change
+        json.dump(m, f)
+    args = ['zoo', 'run', '--plan', plan, '--out', zoo, '--device', 'cpu', '--no-progress',
+            '--resume', '--budget-minutes', '20'] + data
+    assert main(args) == 0
+    after = _manifest(zoo)
+    assert after['slices'][-1]['evaluated'] == [STUDENTS[0]] and not after['slices'][-1]['redone']
+    with open(path) as f:
+        assert 'two_phase_clean' in [a['name'] for a in json.load(f)['attacks']]
+    record = _manifest(zoo)['stages']['evaluate']['results'][STUDENTS[1]]['record']
+    with open(os.path.join(zoo, record)) as f:
+        record = json.load(f)
+    pgd = next(a for a in record['attacks'] if a['name'] == 'pgd_sat')
+    pgd['params']['step_size'] *= 2  # a changed parameter
+    with open(os.path.join(zoo, m['stages']['evaluate']['results'][STUDENTS[1]]['record']), 'w') as f:
+        json.dump(record, f)
+    assert main(args) == 0
+    assert _manifest(zoo)['slices'][-1]['evaluated'] == [STUDENTS[1]]
+    assert main(args) == 0
+    assert _manifest(zoo)['slices'][-1]['evaluated'] == []  # the records answer the stage: nothing is redone
 
 
 def test_a_campaign_saved_through_git_continues_in_a_fresh_clone(digits, request, tmp_path, monkeypatch, capsys):

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..utils import atomic_write, atomic_write_text, eps_string, read_json
 
-__all__ = ['REPORT_VERSION', 'save_figure', 'build_record', 'write_report', 'load_record', 'markdown_table', 'label_offsets', 'plot_eps_curve',
+__all__ = ['REPORT_VERSION', 'save_figure', 'build_record', 'upper_bound', 'write_report', 'load_record', 'markdown_table', 'label_offsets', 'plot_eps_curve',
            'plot_tradeoff']
 
 REPORT_VERSION = 1
@@ -27,6 +27,17 @@ def _versions() -> Dict[str, str]:
         aa = 'not installed'
     return {'awnet_timm': __version__, 'torch': torch.__version__, 'timm': timm.__version__, 'pyautoattack': aa,
             'python': platform.python_version()}
+
+
+def upper_bound(model_kwargs: Optional[Dict[str, Any]]) -> str:
+    """Why a model's worst case is only an upper bound on its robust accuracy ('' when it is not): a hard route
+    threshold (route_threshold at route_temperature 0) passes no gradient through the route, and no attack of the
+    suite goes around it (BPDA)."""
+    kwargs = model_kwargs or {}
+    if kwargs.get('route_threshold') is None or kwargs.get('route_temperature', 0.) != 0.:
+        return ''
+    return (f"an upper bound: the hard route threshold (route_threshold={kwargs['route_threshold']!r}) passes no "
+            f"gradient, and no attack here goes around it (BPDA)")
 
 
 def build_record(
@@ -60,7 +71,8 @@ def build_record(
         'eps_str': eps_string(eps),
         'seed': seed,
         'device': device,
-        **{k: result[k] for k in ('clean_acc', 'attacks', 'worst_case', 'router')},
+        **{k: result[k] for k in ('clean_acc', 'attacks', 'router')},
+        'worst_case': dict(result['worst_case'], **({'upper_bound': bound} if (bound := upper_bound(model_kwargs)) else {})),
         'complete': result.get('complete', True),  # False while attacks are still running (saved after each)
         'sanity': result.get('sanity', []),
         # None: no check ran, which says nothing either way (all([]) would claim a pass)
@@ -80,7 +92,7 @@ def build_record(
         'number_forward_passes': number_forward_passes,
         'unreliable': None if record['sanity_passed'] is None else not record['sanity_passed'],
         'footnote': f"external = per-sample worst case over {', '.join(result['worst_case']['attacks'])} "
-                    f"on {data.get('description', 'the data above')}",
+                    f"on {data.get('description', 'the data above')}" + (f'; {bound}' if bound else ''),
     }
     return record
 
@@ -102,7 +114,10 @@ def markdown_table(record: Dict[str, Any]) -> str:
         router = (f"{r['p_clean_adv_mean']:.3f} | {100 * r['detection_auc']:.2f}" if r else '- | -')
         lines.append(f"| {a['name']} | {a['kind']} | {100 * a['robust_acc']:.2f} | {100 * a['w_robust_acc']:.2f} | {router} | {a['seconds']:.1f} |")
     w = record['worst_case']
-    lines.append(f"| **worst case** (per sample) | all | **{100 * w['robust_acc']:.2f}** | **{100 * w['w_robust_acc']:.2f}** | | | |")
+    lines.append(f"| **worst case** (per sample{'; upper bound' if w.get('upper_bound') else ''}) | all | "
+                 f"**{100 * w['robust_acc']:.2f}** | **{100 * w['w_robust_acc']:.2f}** | | | |")
+    if w.get('upper_bound'):
+        lines += ['', f"The worst case is {w['upper_bound']}."]
     if not record.get('complete', True):
         lines += ['', f"**Incomplete**: {len(record['attacks'])} attack(s) done so far; the worst case is over those."]
     if record.get('router'):

@@ -232,6 +232,11 @@ def check_eval_record(record: Dict[str, Any], architecture: str, sha256: str, we
             f"(the export is deterministic, so the file and its sha256 stay the same).")
 
 
+def _bound(record: Dict[str, Any]) -> str:
+    """' (upper bound)' beside a worst case that is only an upper bound (`eval.report.upper_bound` says why)."""
+    return ' (upper bound)' if record['worst_case'].get('upper_bound') else ''
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return eps_string(value) if 0 < value < 1 else f'{value:g}'  # 8/255, not 0.0313725
@@ -412,8 +417,10 @@ def _eval_section(record: Dict[str, Any], info: CardInfo) -> List[str]:
         out.append(f"| `{a['name']}` | {a['kind']} | {settings} | {pct(a['robust_acc'])} | {pct(a['w_robust_acc'])} | "
                    f"{router} | {a['seconds']:.0f} |")
     worst = record['worst_case']
-    out.append(f"| **worst case** | per-sample minimum | {len(worst['attacks'])} attacks: "
+    out.append(f"| **worst case** | per-sample minimum{_bound(record)} | {len(worst['attacks'])} attacks: "
                f"{', '.join(worst['attacks'])} | **{pct(worst['robust_acc'])}** | **{pct(worst['w_robust_acc'])}** | - | - | - |")
+    if worst.get('upper_bound'):
+        out += ['', f"The worst case is {worst['upper_bound']}."]
     if record['router']:
         out += ['', f"The router's mean P(clean) on the clean images: {record['router']['p_clean_clean_mean']:.3f}."]
     if not record['sanity']:
@@ -443,7 +450,7 @@ def _compare_section(record: Optional[Dict[str, Any]], info: CardInfo, others: D
         data = r['data']
         out.append(f"| {_cell(label)} | {'exact' if data['exact_pixels'] else 'NOT exact'} {data['split']} ({data['n']}) | "
                    f"{pct(r['clean_acc'])} | {_attack_acc(r, 'fgsm')} | {_attack_acc(r, 'pgd_sat')} | "
-                   f"{_attack_acc(r, 'cw_inf')} | {_attack_acc(r, 'autoattack')} | {pct(r['worst_case']['robust_acc'])} | "
+                   f"{_attack_acc(r, 'cw_inf')} | {_attack_acc(r, 'autoattack')} | {pct(r['worst_case']['robust_acc'])}{_bound(r)} | "
                    f"{pct(r['worst_case']['w_robust_acc'])} | {len(r['worst_case']['attacks'])} |")
     return out
 
@@ -484,7 +491,8 @@ def _card_data(cfg: TrainConfig, info: CardInfo, record: Optional[Dict[str, Any]
         for a in record['attacks']:
             results.append(result(f"Robust accuracy, {a['name']} ({threat})", a['robust_acc'],
                                   attack=a['name'], norm=record['norm'], eps=record['eps_str']))
-        results.append(result(f"Robust accuracy, worst case over {len(record['worst_case']['attacks'])} attacks ({threat})",
+        results.append(result(f"Robust accuracy, worst case over {len(record['worst_case']['attacks'])} attacks "
+                              f"({threat}){_bound(record)}",
                               record['worst_case']['robust_acc'], attack='worst_case', norm=record['norm'], eps=record['eps_str']))
         results.append(result(f'W-Robust accuracy, worst case ({threat})', record['worst_case']['w_robust_acc'],
                               attack='worst_case', norm=record['norm'], eps=record['eps_str']))
@@ -549,7 +557,7 @@ def zoo_row(cfg: TrainConfig, info: CardInfo, record: Optional[Dict[str, Any]]) 
         data += f"; eval: {record['data']['n']} test images, {'exact' if record['data']['exact_pixels'] else 'NOT exact'} pixels"
         aa = next((a['robust_acc'] for a in record['attacks'] if a['name'] == 'autoattack'), None)
         numbers = [pct(record['clean_acc']), pct(aa) if aa is not None else '-',
-                   pct(record['worst_case']['robust_acc']), pct(record['worst_case']['w_robust_acc'])]
+                   pct(record['worst_case']['robust_acc']) + _bound(record), pct(record['worst_case']['w_robust_acc'])]
     else:
         numbers = ['not evaluated'] + ['-'] * 3
     trained = info.epochs_trained if info.epochs_trained is not None else cfg.epochs

@@ -21,7 +21,9 @@ Under `torchrun` every rank trains on its shard of each batch in DistributedData
 averaged over ranks and only rank 0 writes files.
 
 A diverging run stops with `DivergenceError` at the next log line or epoch end (a flag kept on the device,
-so no host sync per step) and never writes non-finite weights; Ctrl-C raises `RunInterrupted`, which names
+so no host sync per step) and never writes non-finite weights, nor an epoch whose mean training loss (or its running
+mean at a log line) exploded past LOSS_EXPLOSION x the first epoch's (read back from the log on a resume), a loss that
+grows without ever becoming NaN; Ctrl-C raises `RunInterrupted`, which names
 the run to resume. A run folder this call created is removed when it fails before its first checkpoint.
 """
 import dataclasses
@@ -45,14 +47,16 @@ from ..data import DeviceLoader, ImageTensors, load_dataset
 from ..timing import StoppedClock
 from ..utils import atomic_write_text, resolve_device
 from .checkpoint import (
-    CheckpointError, create_model_with_weights, load_train_state, nonfinite_tensors, read_train_state_meta, run_model_kwargs,
-    save_train_state, save_weights)
+    CheckpointError, create_model_with_weights, load_train_state, nonfinite_tensors, read_log, read_train_state_meta,
+    run_model_kwargs, save_train_state, save_weights)
 from .config import ConfigError, TrainConfig
 from .recipes import TrainForward, create_recipe, is_dynamic, train_step
 from .schedules import create_lr_scheduler
 from .teachers import load_teacher
 
-__all__ = ['train', 'TrainResult', 'evaluate', 'robust_collapsed', 'create_train_optimizer', 'fixed_batch_step', 'load_run_config', 'RESUMABLE_CHANGES', 'DivergenceError', 'RunInterrupted']
+__all__ = ['train', 'TrainResult', 'evaluate', 'robust_collapsed', 'create_train_optimizer', 'fixed_batch_step', 'load_run_config', 'RESUMABLE_CHANGES', 'DivergenceError', 'RunInterrupted', 'LOSS_EXPLOSION']
+
+LOSS_EXPLOSION = 1e6  # a mean training loss this many times the first epoch's has exploded, finite or not
 
 # fields a resumed run may change: they do not alter what the run computed so far (a changed `epochs` rebuilds
 # the lr schedule for the new length from the current step on)
@@ -72,7 +76,8 @@ class TrainResult:
 
 
 class DivergenceError(RuntimeError):
-    """The training loss or the weights became NaN or inf; the run's checkpoints hold the last finite epoch."""
+    """The training loss or the weights became NaN or inf, or the loss exploded; the run's checkpoints hold the last
+    epoch before."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -345,18 +350,24 @@ def _log(run_dir: str, record: Dict[str, Any]):
         f.write(_json_line(record) + '\n')
 
 
-def _diverged(epoch: int, step: int, folder: '_RunFolder', what: str = 'the training loss') -> DivergenceError:
+def _diverged(epoch: int, step: int, folder: '_RunFolder', what: str = 'the training loss',
+              how: str = 'became NaN or inf') -> DivergenceError:
     kept = (f'{folder.path} keeps its last finite epoch ({folder.epochs_saved})' if folder.epochs_saved
             else 'no epoch had finished, so nothing was kept')
-    return DivergenceError(f'{what} became NaN or inf in epoch {epoch + 1} (by step {step + 1}): the run diverged; {kept}. '
+    return DivergenceError(f'{what} {how} in epoch {epoch + 1} (by step {step + 1}): the run diverged; {kept}. '
                            f'Lower --lr (or raise --warmup-epochs) and start again')
+
+
+def _exploded(epoch: int, step: int, folder: '_RunFolder', loss: float, first: float) -> DivergenceError:
+    return _diverged(epoch, step, folder, how=f"exploded (mean {loss:.3g}, over {LOSS_EXPLOSION:g} x the first epoch's "
+                                              f'{first:.3g})')
 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train (or fine-tune) as `cfg` says; returns where the run is and how far it got.
 
     Raises ConfigError / CheckpointError / DatasetError (ValueErrors) on bad input before anything is written,
-    DivergenceError when the loss becomes non-finite, RunInterrupted (a KeyboardInterrupt) on Ctrl-C.
+    DivergenceError when the loss becomes non-finite or explodes, RunInterrupted (a KeyboardInterrupt) on Ctrl-C.
     """
     folder = _RunFolder()
     try:
@@ -420,6 +431,7 @@ def _train(cfg: TrainConfig, folder: _RunFolder, stopped: StoppedClock) -> Train
     scheduler = create_lr_scheduler(cfg, optimizer, len(train_loader))
 
     start_epoch, best, schedule_changes, schedule_was = 0, None, [], None
+    first_loss = None  # the first epoch's mean training loss: the scale an exploding loss is measured against
     if resume_state is not None:
         model_state, opt_state, extra, meta = load_train_state(resume_state)
         try:
@@ -430,6 +442,7 @@ def _train(cfg: TrainConfig, folder: _RunFolder, stopped: StoppedClock) -> Train
         if recipe.state_module() is not None:
             recipe.state_module().load_state_dict({k.split('.', 1)[1]: v for k, v in extra.items() if k.startswith('recipe.')})
         start_epoch, best = meta['epoch'], meta.get('best')
+        first_loss = next((r.get('train_loss') for r in read_log(run_dir) if r.get('epoch') == 1), None)
         schedule_changes = meta.get('schedule_changes', [])
         built_for = meta.get('schedule') or _schedule(saved)  # states written before 'schedule' was saved: the run's config
         if built_for == _schedule(cfg):
@@ -473,6 +486,9 @@ def _train(cfg: TrainConfig, folder: _RunFolder, stopped: StoppedClock) -> Train
             if (step + 1) % cfg.log_interval == 0:
                 if d.any(nonfinite):
                     raise _diverged(epoch, step, folder)
+                running = sums['loss'] / (step + 1)
+                if first_loss and d.any(running.abs() > LOSS_EXPLOSION * abs(first_loss)):
+                    raise _exploded(epoch, step, folder, running.item(), first_loss)
                 if d.main:
                     shown = {k: f'{v.item() / (step + 1):.3f}' for k, v in sums.items() if k in ('loss', 'acc_adv', 'acc_clean')}
                     if cfg.progress:
@@ -487,6 +503,10 @@ def _train(cfg: TrainConfig, folder: _RunFolder, stopped: StoppedClock) -> Train
         if d.any(torch.tensor(bool(bad), device=d.device)):
             raise _diverged(epoch, step, folder, f'the weights ({", ".join(bad[:3]) or "on another rank"})')
         train_metrics = d.mean({k: v / len(train_loader) for k, v in sums.items()})
+        if first_loss and abs(train_metrics['loss']) > LOSS_EXPLOSION * abs(first_loss):
+            raise _exploded(epoch, step, folder, train_metrics['loss'], first_loss)
+        if epoch == 0:
+            first_loss = train_metrics['loss']
         record = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'], 'images': len(train_loader) * cfg.batch_size,
                   **{f'train_{k}': v for k, v in train_metrics.items()}}
         if val_loader is not None:

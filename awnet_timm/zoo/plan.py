@@ -15,9 +15,11 @@ A plan (shipped ones live in `plans/`; any path to a .json works too) holds:
     a holdout of the training images (`val_split` 'holdout', the default); a plan that selects on a split the
     evaluation reports on is refused;
   - `evaluate`: `students` (evaluated with `attacks` on the first images of the exact test set, in chunks,
-    N between `n_min` and `n_target`) and `teachers` (clean accuracy, and PGD-20 for adversarial recipes); in a
-    campaign, `min_holdout_pgd` holds the students' evaluation (and its time) back until the best holdout PGD
-    accuracy of one of them reaches it;
+    N between `n_min` and `n_target`, with the sanity checks on the first `sanity_n` images of the first chunk; an
+    AW-Net student also by transfer from the stage's static students, 'transfer_pgd', which applies only where such
+    a surrogate exists) and `teachers` (clean accuracy, and PGD-20 for adversarial recipes); in a campaign,
+    `min_holdout_pgd` holds the students' evaluation (and its time) back until one of them has reached that holdout
+    PGD accuracy in an epoch of its run;
   - `export`: `students` written as Hub folders of `dtype`, their cards carrying the run's provenance.
 A stage runs once every stage in its `after` list (and every '@stage' teacher) has finished. A stage marked
 `optional` runs only when asked for (`awnet zoo run --include NAME`); left out, it is dropped from the plan and
@@ -82,9 +84,10 @@ class EvaluateStage(Stage):
     chunk: int = 100
     clean_n: Optional[int] = None  # images of each clean-accuracy split (None: all)
     router_steps: int = 50
+    sanity_n: int = 100  # images of the first chunk the sanity checks' eps sweep and PGD-100 run on
     batch_size: int = 250
     dtype: str = 'fp16'
-    min_holdout_pgd: float = 0.0  # a campaign evaluates its students once one has a best holdout PGD accuracy this high
+    min_holdout_pgd: float = 0.0  # a campaign evaluates its students once an epoch of one reached this holdout PGD accuracy
 
 
 @dataclass
@@ -205,7 +208,7 @@ def _check_train(plan: Plan, s: TrainStage, at: str):
 
 
 def _check_evaluate(plan: Plan, s: EvaluateStage, at: str):
-    for key in ('n_target', 'n_min', 'chunk', 'router_steps', 'batch_size'):
+    for key in ('n_target', 'n_min', 'chunk', 'router_steps', 'sanity_n', 'batch_size'):
         if getattr(s, key) < 1:
             raise ZooError(f'{at}: {key} must be >= 1, got {getattr(s, key)}')
     if s.clean_n is not None and s.clean_n < 1:
@@ -218,6 +221,9 @@ def _check_evaluate(plan: Plan, s: EvaluateStage, at: str):
     unknown = [a for a in s.attacks if a not in known]
     if unknown or not s.attacks:
         raise ZooError(f"{at}: unknown attacks {unknown or '(none given)'}: expected names of {', '.join(sorted(known))}")
+    if all(a in GROUPS['transfer'] + ('transfer',) for a in s.attacks):
+        raise ZooError(f"{at}: transfer attacks {list(s.attacks)} apply only to an AW-Net beside a static student (its "
+                       f"surrogate): name other attacks too")
     router = [a for a in s.attacks if a in GROUPS['router']]
     static = [n for n in s.students if not str(plan.stage(n).config.get('model', 'awnet_r18')).startswith('awnet_')]
     if router and static:

@@ -24,9 +24,13 @@ Evaluation and export run on the models whose weights changed since they last ra
 training included, marked by their epochs; `--redo evaluate` asks for all again); in a campaign they keep their
 share only in a slice where a student has new weights or can train, and a model's evaluation that finds no time
 left waits for the next slice (a fit run evaluates at least `n_min` images of every student, even past the deadline).
-A campaign's evaluation takes in its students once one of them has a best holdout PGD accuracy at the stage's
-`min_holdout_pgd`, all of them from then on (the static twin beside AW-Net at equal epochs; still once one of them
-has been evaluated, whatever later holdouts say); until then it holds no share for them, and records them as waiting.
+A campaign's evaluation takes in its students once an epoch of one of their runs has reached the stage's
+`min_holdout_pgd` in holdout PGD accuracy (read from the runs' logs), all of them from then on (the static twin beside
+AW-Net at equal epochs); until then it holds no share for them, and records them as waiting. A student's evaluation
+runs the sanity checks on the first `sanity_n` images of its first chunk, and an AW-Net student is also attacked by
+transfer from the stage's static students at their current weights ('transfer_pgd', each surrogate's sha256 in the
+attack's parameters); a student's result stands while its weights, its expanded attacks with their parameters and
+its sanity checks are what the stage asks for now (`answered_by`, as `awnet eval --resume` decides).
 
 A campaign folder that `scripts/campaign_state.py` saved through git and restored on a fresh machine continues
 exactly; the restore is recorded in `manifest['restored']` and in the slice that follows it.
@@ -56,10 +60,12 @@ import torch
 from ..data import load_dataset
 from ..data.offline_cifar10 import OFFLINE_CIFAR10_FILES, load_offline_cifar10
 from ..eval.cli import load_eval_data
-from ..eval.harness import evaluate_robustness
+from ..eval.harness import answered_by, evaluate_robustness
 from ..eval.report import build_record, write_report
-from ..eval.suite import build_suite, pgd_spec
+from ..eval.suite import GROUPS, AttackSpec, build_suite
 from ..hub.export import export_checkpoint
+from ..models import AWNet
+from ..models.awnet import registered_variant
 from ..training import TrainConfig, create_model_with_weights, load_run_config, load_teacher, train
 from ..training.checkpoint import CheckpointError, load_train_state
 from ..training.config import ConfigError
@@ -115,7 +121,8 @@ def merge_chunks(results: List[Dict[str, Any]]) -> Dict[str, Any]:
 
     Accuracies and the worst case are recomputed from the per-sample bits (exact); router means are
     size-weighted means (exact); a chunk's detection AUC is a ranking within the chunk, so the merged
-    one is the size-weighted mean of the chunks' AUCs (recorded as such in `chunks`).
+    one is the size-weighted mean of the chunks' AUCs (recorded as such in `chunks`). The sanity checks, run with the
+    first chunk only, are that chunk's (said in `chunks`).
     """
     sizes = [len(r['per_sample']['clean']) for r in results]
     n = sum(sizes)
@@ -136,6 +143,11 @@ def merge_chunks(results: List[Dict[str, Any]]) -> Dict[str, Any]:
         attacks.append(a)
     worst = acc(bits['worst_case'])
     router = results[0]['router']
+    sanity = {k: results[0][k] for k in ('sanity', 'eps_curve', 'sanity_cost') if k in results[0]}
+    chunks = {'sizes': sizes, 'detection_auc': 'size-weighted mean of the chunks\' AUCs'}
+    if sanity:
+        chunks['sanity'] = (f"run with the first chunk ({sizes[0]} images; eps sweep and PGD-100 on its first "
+                            f"{sanity['sanity_cost']['n']}): their attack comparisons are of that chunk's accuracies")
     return {
         'clean_acc': clean,
         'attacks': attacks,
@@ -143,7 +155,8 @@ def merge_chunks(results: List[Dict[str, Any]]) -> Dict[str, Any]:
         'router': {'p_clean_clean_mean': weighted([r['router']['p_clean_clean_mean'] for r in results])} if router else None,
         'per_sample': bits,
         'elapsed_seconds': sum(r['elapsed_seconds'] for r in results),
-        'chunks': {'sizes': sizes, 'detection_auc': 'size-weighted mean of the chunks\' AUCs'},
+        'chunks': chunks,
+        **sanity,
     }
 
 
@@ -224,6 +237,11 @@ def shaped(plan: Plan, stage: TrainStage, cfg: TrainConfig, epochs: int) -> Trai
         # 1-based epochs that start with the lower lr; never the first
         milestones = tuple(m if m >= 2 else epochs + 1 for m in (round(0.75 * epochs), round(0.9 * epochs)))
     return replace(cfg, epochs=epochs, decay_milestones=milestones)
+
+
+def _dynamic(model: torch.nn.Module) -> bool:
+    """An AW-Net with a router (what the router attacks need, and what transfer from a static twin is for)."""
+    return isinstance(model, AWNet) and model.router is not None
 
 
 def _say(text: str):
@@ -421,8 +439,9 @@ class _Run:
         if before is not None:
             keys = ('kind', 'config', 'max_epochs', 'lr_batch') if isinstance(stage, TrainStage) else \
                 [k for k in now if k not in ('name', 'share', 'optional', 'min_holdout_pgd')]  # when, not what
-            changes += [f'{k}: was {_plain(before.get(k))!r}, now {_plain(now.get(k))!r}' for k in keys
-                        if _plain(before.get(k)) != _plain(now.get(k))]
+            # a key the saved plan predates had its default (what the stage gave then is the stage's own affair)
+            was = {k: _plain(before.get(k, getattr(type(stage), k, None))) for k in keys}
+            changes += [f'{k}: was {was[k]!r}, now {_plain(now.get(k))!r}' for k in keys if was[k] != _plain(now.get(k))]
         config = os.path.join(self.run_dir(stage.name), 'config.json')
         if isinstance(stage, TrainStage) and os.path.isfile(config):
             saved = load_run_config(self.run_dir(stage.name))
@@ -531,19 +550,26 @@ class _Run:
         done = self.record(stage.name).get('results' if isinstance(stage, EvaluateStage) else 'sources', {})
         for name in self.ready(stage):
             w = self.weights(name)
-            if (w and (done.get(name) or {}).get('source_sha256') != self.sha(w)) or \
-                    (not self.final(name) and not self.blocked_by(self.plan.stage(name))):
+            if isinstance(stage, EvaluateStage):
+                stale = bool(w) and not self.evaluated(name, stage, done)
+            else:
+                stale = bool(w) and (done.get(name) or {}).get('source_sha256') != self.sha(w)
+            if stale or (not self.final(name) and not self.blocked_by(self.plan.stage(name))):
                 return True
         return False
 
+    def holdout_pgd(self, name: str) -> float:
+        """The highest holdout PGD accuracy of any epoch in a stage's run log (0 before its first epoch)."""
+        return max([r.get('val_pgd_acc') or 0. for r in measured_epochs(self.run_dir(name))] + [0.])
+
     def ready(self, stage) -> List[str]:
-        """The stage's students it takes in: in a campaign, an evaluation waits until one of them reaches a best holdout
-        PGD accuracy of `min_holdout_pgd` (below it no release is in sight, and the slice's time goes to training),
-        then takes them all in, so that each is seen beside the others at the same epochs, and keeps doing so once
-        one has been evaluated (a later best checkpoint, chosen by W-Robust, may sit a little below the floor)."""
+        """The stage's students it takes in: in a campaign, an evaluation waits until one of them has reached a holdout
+        PGD accuracy of `min_holdout_pgd` in an epoch of its run (below it no release is in sight, and the slice's time
+        goes to training), then takes them all in, so that each is seen beside the others at the same epochs. Read from
+        the runs' logs, which only grow: once open, the gate stays open whatever the best checkpoint (chosen by
+        W-Robust, it may sit a little below the floor) or the evaluations a --redo dropped."""
         floor = getattr(stage, 'min_holdout_pgd', 0.) if self.plan.campaign else 0.
-        if (not floor or any((self.record(n).get('best') or {}).get('val_pgd_acc', 0.) >= floor for n in stage.students)
-                or any(latest_evaluation(self.manifest, n) for n in stage.students)):
+        if not floor or any(self.holdout_pgd(n) >= floor for n in stage.students):
             return list(stage.students)
         return []
 
@@ -609,7 +635,9 @@ class _Run:
             return sum((total - m.done) * (m.call_seconds if calls else m.epoch_seconds) for m in members) + \
                 (0. if calls else members[0].setup_seconds)
         fitting = [e for e in range(lowest, cap + 1) if need(e) <= seconds]
-        total = fitting[-1] if fitting else max(max(m.done for m in members), 1)
+        if not fitting and not any(m.done for m in members):  # its min_epochs do not fit: it does not start
+            return lowest, 0
+        total = fitting[-1] if fitting else max(m.done for m in members)
         return total, total
 
     def run_train(self, i: int, stage: TrainStage) -> List[str]:
@@ -647,7 +675,7 @@ class _Run:
         deadline = time.time() + allotted
         trained = {m.stage.name: 0 for m in members}
         for m in members:  # a run that reached its target before its record did (stopped between the two)
-            if m.done >= m.target and self.record(m.stage.name).get('epochs_done') != m.done:
+            if m.done and m.done >= m.target and self.record(m.stage.name).get('epochs_done') != m.done:
                 self.train_call(m, total, _ONE_EPOCH, allotted)
         if len(members) == 1:
             m = members[0]
@@ -727,8 +755,9 @@ class _Run:
                                                                                                 epochs_planned=total)
         short = f'an epoch needs ~{m.call_seconds:.0f} s, {seconds_left:.0f} s were left'
         if not m.done:
-            need = max(m.target, 1) * (m.call_seconds if m.stage.epochs_group else m.epoch_seconds) + m.setup_seconds
-            return self.note(name, 'skipped', f'cannot finish: {max(m.target, 1)} epoch(s) need ~{need:.0f} s, '
+            epochs = max(m.target or total, 1)  # a target of 0: its min_epochs did not fit
+            need = epochs * (m.call_seconds if m.stage.epochs_group else m.epoch_seconds) + m.setup_seconds
+            return self.note(name, 'skipped', f'cannot finish: {epochs} epoch(s) need ~{need:.0f} s, '
                              f'{seconds_left:.0f} s left for this stage')
         if self.plan.campaign:
             return self.note(name, 'partial', f'{m.done}/{total} epochs: the next slice continues it'
@@ -749,9 +778,57 @@ class _Run:
         r = evaluate_robustness(model, x, y, [], batch_size=stage.batch_size, device=self.device, sanity=False, progress=False)
         return {'clean_acc': r['clean_acc'], 'n': len(y), 'data': info['description']}
 
+    def architecture(self, name: str) -> str:
+        """The name a stage's model is released and recorded under: awnet_r18_025 for awnet_r18 at a quarter of the
+        widths (its registered variant, as the export's config.json says), else the model it trained."""
+        cfg = load_run_config(self.path_of(self.record(name)['run_dir']))
+        return registered_variant(cfg.model, cfg.model_args())[0]
+
     def release_folder(self, name: str) -> str:
-        s = self.record(name)
-        return os.path.join(self.out, 'releases', f"{s['model']}.{s['recipe']}_{self.plan.name}")
+        return os.path.join(self.out, 'releases', f"{self.architecture(name)}.{self.record(name)['recipe']}_{self.plan.name}")
+
+    def load(self, name: str) -> torch.nn.Module:
+        """A stage's current weights (its run's own fp32 file), in eval mode on the run's device."""
+        return create_model_with_weights(self.record(name)['model'], self.weights(name)).to(self.device).eval()
+
+    def suite(self, name: str, stage: EvaluateStage, model: torch.nn.Module) -> List[AttackSpec]:
+        """The attacks of a student: the stage's, and for an AW-Net the transfer from the stage's static students at
+        their current weights (each surrogate's sha256 in the attack's parameters); transfer attacks are dropped
+        where there is no surrogate."""
+        twins = {}
+        if _dynamic(model):
+            for n in stage.students:
+                if n != name and self.weights(n) and not _dynamic(twin := self.load(n)):
+                    twins[n] = twin
+        transfer = ('transfer',) + GROUPS['transfer']
+        names = [a for a in stage.attacks if twins or a not in transfer]
+        if twins and not any(a in ('transfer', 'transfer_pgd') for a in names):
+            names.append('transfer_pgd')
+        eps = self.plan.train.get('eps', TrainConfig.eps)  # the threat model the students were trained for
+        specs = build_suite(model, names, eps=eps, router_steps=stage.router_steps, batch_size=stage.batch_size,
+                            surrogates=twins)
+        for spec in specs:
+            used = [n for n in [spec.params.get('surrogate')] + list(spec.params.get('surrogates', [])) if n in twins]
+            if used:
+                spec.params['surrogate_sha256'] = {n: self.sha(self.weights(n)) for n in used}
+        return specs
+
+    def evaluated(self, name: str, stage: EvaluateStage, results: Dict[str, Any]) -> bool:
+        """Whether a model's result stands: complete, of its current weights, and for a student a record of the
+        attacks (expanded, with their parameters) and the sanity checks the stage asks for now."""
+        r, weights = results.get(name) or {}, self.weights(name)
+        if not (r.get('complete') and weights and r.get('source_sha256') == self.sha(weights)):
+            return False
+        if name not in stage.students:
+            return True
+        try:
+            record = read_json(self.path_of(r['record']), ZooError, 'evaluation record')
+        except (KeyError, OSError, ZooError):  # no record to answer for it: it is evaluated again
+            return False
+        if not isinstance(record, dict):
+            return False
+        first = ((record.get('chunks') or {}).get('sizes') or [0])[0]
+        return answered_by(record, self.suite(name, stage, self.load(name)), first, True, stage.sanity_n)
 
     def export(self, name: str, dtype: str, record: Optional[str] = None) -> str:
         s = self.record(name)
@@ -762,21 +839,22 @@ class _Run:
 
     def evaluate_teacher(self, name: str, stage: EvaluateStage, cache) -> Dict[str, Any]:
         clean_splits, attack_split = eval_splits(self.plan.dataset)
-        s, weights = self.record(name), self.weights(name)
-        model = create_model_with_weights(s['model'], weights).to(self.device).eval()
+        s, model = self.record(name), self.load(name)
         r = {split: self._clean(model, split, stage.clean_n, stage, cache) for split in clean_splits}
-        res = {'model': s['model'], 'clean': r, 'clean_acc': r[attack_split]['clean_acc'], 'clean_n': r[attack_split]['n']}
+        res = {'model': self.architecture(name), 'clean': r, 'clean_acc': r[attack_split]['clean_acc'],
+               'clean_n': r[attack_split]['n']}
         if s['recipe'] != 'standard':  # a robust teacher's PGD-20 accuracy on the first n_min images
             x, y, info = self._split(attack_split, stage.n_min, cache)
             eps = self.plan.train.get('eps', TrainConfig.eps)
-            out = evaluate_robustness(model, x, y, [pgd_spec('pgd_sat', eps, 2 / 255, 20)],
-                                      stage.batch_size, self.device, sanity=False, progress=self.progress)
-            res.update(pgd20_acc=out['attacks'][0]['robust_acc'], pgd20_n=len(y))
+            specs = build_suite(model, ['pgd_sat'], eps=eps)  # PGD-20, its step scaled with eps
+            out = evaluate_robustness(model, x, y, specs, stage.batch_size, self.device, sanity=False, progress=self.progress)
+            res.update(pgd20_acc=out['attacks'][0]['robust_acc'], pgd20_n=len(y), pgd20_params=specs[0].params)
         _say(f'{stage.name}: {_result_text(name, dict(res, epochs_done=s["epochs_done"], epochs_planned=s["epochs_planned"]))}')
         return res
 
     def evaluate_student(self, name: str, stage: EvaluateStage, cache, deadline: float, results: Dict[str, Any]):
-        """Clean accuracy, then the attacks chunk by chunk until `deadline` (never fewer than n_min images)."""
+        """Clean accuracy, then the attacks chunk by chunk until `deadline` (never fewer than n_min images), the sanity
+        checks with the first chunk."""
         clean_splits, attack_split = eval_splits(self.plan.dataset)
         eps = self.plan.train.get('eps', TrainConfig.eps)  # the threat model the students were trained for
         t = time.time()
@@ -784,10 +862,10 @@ class _Run:
         weights = os.path.join(folder, 'model.safetensors')
         model = create_model_with_weights(f'local-dir:{folder}').to(self.device).eval()
         r = {split: self._clean(model, split, stage.clean_n, stage, cache) for split in clean_splits}
-        res = results[name] = {'model': self.record(name)['model'], 'release': self.rel(folder), 'clean': r,
+        res = results[name] = {'model': self.architecture(name), 'release': self.rel(folder), 'clean': r,
                                'clean_acc': r[attack_split]['clean_acc'], 'clean_n': r[attack_split]['n']}
         x_all, y_all, info = self._split(attack_split, stage.n_target, cache)
-        specs = build_suite(model, stage.attacks, eps=eps, router_steps=stage.router_steps, batch_size=stage.batch_size)
+        specs = self.suite(name, stage, model)
         chunks, n = [], 0
         while n < len(y_all):
             size = min(stage.chunk, len(y_all) - n)
@@ -801,7 +879,8 @@ class _Run:
                 _say(f"{stage.name} {name}, images {first + 1}-{first + size}: {a['name']} {100 * a['robust_acc']:.1f}% "
                      f"robust ({a['seconds']:.0f} s)")
             chunks.append(evaluate_robustness(model, x_all[n:n + size], y_all[n:n + size], specs, stage.batch_size,
-                                              self.device, sanity=False, progress=self.progress, on_attack=on_attack))
+                                              self.device, sanity=not chunks, sanity_n=stage.sanity_n,
+                                              progress=self.progress, on_attack=on_attack))
             n += size
             merged = merge_chunks(chunks)
             data = dict(info, n=n, description=info['description'].replace(f"first {len(y_all)} ", f'first {n} '))
@@ -827,8 +906,11 @@ class _Run:
         cache, deferred, evaluated = {}, [], []
         waiting = [n for n in stage.students if n not in self.ready(stage) and self.weights(n)]
         names = [n for n in stage.teachers + tuple(self.ready(stage)) if self.weights(n)]
-        pending = [n for n in names if (results.get(n) or {}).get('source_sha256') != self.sha(self.weights(n))
-                   or not results[n].get('complete')]
+        pending = [n for n in names if not self.evaluated(n, stage, results)]
+        for n in pending:
+            if (results.get(n) or {}).get('complete') and results[n].get('source_sha256') == self.sha(self.weights(n)):
+                _say(f'{stage.name}: {n} evaluated again: its record does not hold the attacks (expanded, with their '
+                     f'parameters) and the sanity checks the stage asks for now')
         for k, name in enumerate(pending):
             if self.plan.campaign and time.time() >= eval_deadline:
                 deferred.append(name)
@@ -856,9 +938,8 @@ class _Run:
         elif not pending and not waiting:
             entry['reason'] = 'no weights changed since the last evaluation'
         if waiting:
-            best = {n: (self.record(n).get('best') or {}).get('val_pgd_acc') or 0. for n in waiting}
-            entry['waiting'] = {n: f'best holdout PGD {100 * b:.1f}% < min_holdout_pgd {100 * stage.min_holdout_pgd:g}%'
-                                for n, b in best.items()}
+            entry['waiting'] = {n: f'highest holdout PGD {100 * self.holdout_pgd(n):.1f}% < min_holdout_pgd '
+                                   f'{100 * stage.min_holdout_pgd:g}%' for n in waiting}
             entry['reason'] = '; '.join(filter(None, [entry.get('reason'), 'not yet evaluated (the time goes to training): ' +
                                                       ', '.join(f'{n} ({w})' for n, w in entry['waiting'].items())]))
         self.save()
@@ -886,10 +967,14 @@ class _Run:
             record = self.evaluation(name).get('record')
             key = {'source_sha256': self.sha(weights), 'record': record,
                    'record_sha256': self.sha(self.path_of(record)) if record else None}
-            if sources.get(name) == key and os.path.isdir(self.path_of(folders.get(name, ''))):
+            old = folders.get(name, '')
+            if sources.get(name) == key and old == self.rel(self.release_folder(name)) and os.path.isdir(self.path_of(old)):
                 continue
             self.current = stage.name
             folder = self.export(name, stage.dtype, record and self.path_of(record))
+            if old and old != self.rel(folder) and os.path.isdir(self.path_of(old)):  # an earlier name of this release
+                shutil.rmtree(self.path_of(old))
+                _say(f'{stage.name}: {name} is released as {os.path.basename(folder)} now; removed {old}')
             readme = os.path.join(folder, 'README.md')
             with open(readme) as f:
                 card = f.read()
