@@ -138,7 +138,7 @@ def test_awnet_mirror_serves_release_folders_to_pretrained_true_before_they_are_
             assert 'awnet_r18.mtard_cifar10' in expected
     finally:
         server.send_signal(signal.SIGINT)
-        rest, _ = server.communicate(timeout=30)
+        rest, _ = server.communicate(timeout=90)  # its stop waits up to 20 s for olah by design; CI may be loaded
     assert server.returncode == 0 and 'awnet mirror: stopped' in rest, ''.join(output) + rest
     # the mirror gone and no HF_ENDPOINT: the same names load from the cache it filled, with HF_HUB_OFFLINE=1
     offline = dict(client, HF_HUB_OFFLINE='1')

@@ -91,6 +91,7 @@ def run_mirror(args: argparse.Namespace) -> int:
     def terminate(signum, frame):  # `kill` stops olah too, as Ctrl-C does
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)  # also when started as a background job, which inherits SIGINT ignored
     try:
         mirror.start()
         print(f'awnet mirror: serving {len(repos)} repo(s) from {args.folder} at {mirror.url} (Ctrl-C stops it):')
